@@ -1,0 +1,6 @@
+"""Layers and cells with torch.nn's API, running on rnnkit's engines."""
+
+from .cells import GRUCell, LSTMCell, RNNCell
+from .layers import GRU, LSTM, RNN
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]

@@ -1,0 +1,149 @@
+"""Input validation for the layers and cells.
+
+Each check raises the exception class torch.nn raises for the same mistake (ValueError or
+RuntimeError), with a message that names what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+
+def shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+# ---------------------------------------------------------------- constructor arguments
+
+
+def constructor(name: str, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
+    for arg, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
+                       ("proj_size", proj_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name}: {arg} should be of type int, got: {type(value).__name__}")
+    for arg, value in (("bias", bias), ("batch_first", batch_first)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: {arg} should be of type bool, got: {type(value).__name__}")
+    if input_size <= 0:
+        raise ValueError(f"{name}: input_size must be greater than zero, got {input_size}")
+    if hidden_size <= 0:
+        raise ValueError(f"{name}: hidden_size must be greater than zero, got {hidden_size}")
+    if num_layers < 1:
+        raise ValueError(f"{name}: num_layers must be at least 1, got {num_layers}")
+    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        raise ValueError(f"{name}: dropout should be a number in range [0, 1] representing the probability "
+                         f"of an element being zeroed, got {dropout!r}")
+    if proj_size < 0:
+        raise ValueError(f"{name}: proj_size should be a positive integer or zero to disable projections, "
+                         f"got {proj_size}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                         f"and hidden_size={hidden_size}")
+
+
+def nonlinearity(name: str, value) -> None:
+    if value not in ("tanh", "relu"):
+        raise ValueError(f"{name}: unknown nonlinearity {value!r}. Select from 'tanh' or 'relu'.")
+
+
+# ---------------------------------------------------------------- forward arguments
+
+
+def input_dims(name: str, input: Tensor, allowed: tuple[int, int]) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
+    if input.dim() not in allowed:
+        lo, hi = allowed
+        raise ValueError(f"{name}: Expected input to be {lo}D or {hi}D, got {input.dim()}D instead "
+                         f"(shape {shape(input)})")
+
+
+def input_matches_weights(name: str, data: Tensor, weight: Tensor, input_size: int) -> None:
+    """dtype, device and feature size of the (N, I) input rows against the layer's weights."""
+    if not data.is_floating_point():
+        raise ValueError(f"{name}: input must be a floating-point tensor of dtype {weight.dtype}, "
+                         f"got {data.dtype}. Convert input: input.to({weight.dtype})")
+    if data.dtype != weight.dtype and not torch.is_autocast_enabled(data.device.type):
+        raise ValueError(f"{name}: input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
+                         f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})")
+    if data.device != weight.device:
+        raise RuntimeError(f"{name}: input and parameter tensors are not on the same device: "
+                           f"input on {data.device}, parameters on {weight.device}")
+    if data.shape[-1] != input_size:
+        raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. "
+                           f"Expected {input_size}, got {data.shape[-1]}")
+
+
+def sequence_length(name: str, num_steps: int, input: Tensor) -> None:
+    if num_steps < 1:
+        raise RuntimeError(f"{name}: expected a sequence length of at least 1, got {num_steps} "
+                           f"(input of shape {shape(input)})")
+
+
+def packed(name: str, data: Tensor, batch_sizes: Tensor, sorted_indices: Tensor | None) -> None:
+    """A PackedSequence must describe its data exactly; torch's packing does not always ensure it."""
+    if data.dim() != 2:
+        raise ValueError(f"{name}: expected PackedSequence data of shape (total steps, input_size), "
+                         f"got {data.dim()}D shape {shape(data)}")
+    sizes = batch_sizes.tolist()
+    if len(sizes) == 0:
+        raise RuntimeError(f"{name}: expected a sequence length of at least 1, got an empty PackedSequence")
+    if min(sizes) < 1 or any(a < b for a, b in zip(sizes, sizes[1:])):
+        raise RuntimeError(f"{name}: PackedSequence batch_sizes must be positive and non-increasing, "
+                           f"got {sizes}")
+    if sum(sizes) != data.shape[0]:
+        raise RuntimeError(f"{name}: PackedSequence batch_sizes sum to {sum(sizes)} but its data has "
+                           f"{data.shape[0]} rows; were the lengths given to pack_padded_sequence longer "
+                           f"than the padded input's time dimension?")
+    if sorted_indices is not None and sorted_indices.numel() != sizes[0]:
+        raise RuntimeError(f"{name}: PackedSequence sorted_indices has {sorted_indices.numel()} entries "
+                           f"for a batch of {sizes[0]}")
+
+
+def lengths(name: str, lengths, num_steps: int, batch: int) -> Tensor:
+    """Per-sequence lengths for padded input: integers in [1, T], one per batch element."""
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.numel() != batch:
+        raise RuntimeError(f"{name}: expected lengths of shape ({batch},), one per sequence, "
+                           f"got shape {shape(lengths)}")
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise RuntimeError(f"{name}: expected integer lengths, got dtype {lengths.dtype}")
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 1 or hi > num_steps:
+        raise RuntimeError(f"{name}: lengths must lie in [1, {num_steps}] (the input's time dimension), "
+                           f"got min {lo} and max {hi}")
+    return lengths.cpu()
+
+
+def state(name: str, what: str, state: Tensor, expected: tuple[int, ...], data: Tensor) -> None:
+    """An initial state against its expected shape (and the input's dtype and device)."""
+    if not isinstance(state, Tensor):
+        raise ValueError(f"{name}: expected {what} to be a Tensor, got {type(state).__name__}")
+    if len(expected) == 3 and state.dim() == 3 and state.shape[1] != expected[1]:
+        raise RuntimeError(f"{name}: {what} has batch size {state.shape[1]} but the input has batch size "
+                           f"{expected[1]} (expected {what} of shape {expected}, got {shape(state)})")
+    if shape(state) != expected:
+        raise RuntimeError(f"{name}: Expected {what} of shape {expected}, got {shape(state)}")
+    if state.dtype != data.dtype:
+        raise RuntimeError(f"{name}: {what} dtype ({state.dtype}) does not match input dtype ({data.dtype})")
+    if state.device != data.device:
+        raise RuntimeError(f"{name}: {what} is on {state.device} but the input is on {data.device}")
+
+
+def state_dims(name: str, hx, batched: bool) -> None:
+    """Batched input takes 3-D states, unbatched 2-D input takes 2-D states."""
+    want = 3 if batched else 2
+    tensors = hx if isinstance(hx, tuple) else (hx,)
+    for t in tensors:
+        if isinstance(t, Tensor) and t.dim() != want:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise RuntimeError(f"{name}: For {kind} input, the initial states should also be {want}-D "
+                               f"but got a {t.dim()}-D tensor of shape {shape(t)}")
+
+
+def lstm_hx(name: str, hx) -> None:
+    if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+        raise ValueError(f"{name}: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")

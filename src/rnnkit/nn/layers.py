@@ -1,0 +1,266 @@
+"""Multi-layer RNN, LSTM and GRU: drop-ins for torch.nn.RNN, torch.nn.LSTM and torch.nn.GRU.
+
+Same constructor arguments, parameter names and shapes, initialisation, inputs and outputs
+as torch.nn, so a state_dict moves between the two with strict=True. Every layer and
+direction runs on an engine from rnnkit.engines (one layer, one direction per call);
+this module only reshapes, validates, stacks layers and applies dropout between them.
+
+Shapes (time-major unless batch_first; L = num_layers, D = 2 if bidirectional else 1,
+P = proj_size or hidden_size):
+
+    input  (T, B, input_size), (B, T, input_size), (T, input_size) unbatched, or a PackedSequence
+    h_0    (L*D, B, P)        c_0 (LSTM)  (L*D, B, hidden_size)
+    output (T, B, D*P)        h_n         (L*D, B, P)          c_n (L*D, B, hidden_size)
+
+Beyond torch.nn: forward takes `lengths=` for padded input (no pack/unpack needed; the
+output is zero past each length and h_n is the state at each sequence's last step), and
+the constructor takes `engine=` (see rnnkit.engines.select).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .. import engines
+from . import checks
+
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+
+@torch.compiler.disable  # the time loop runs in the engine; torch.compile sees a graph break here
+def run_stack(run_layer, mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None,
+              weights: list[list[tuple]], dropout: float, training: bool):
+    """All layers and directions. x: (N, I) packed rows. Returns out (N, D*P), h_n (L*D, B, P), c_n or None."""
+    h_n, c_n = [], []
+    for layer, directions in enumerate(weights):
+        outs = []
+        for direction, w in enumerate(directions):
+            k = layer * len(directions) + direction
+            out, h, c = run_layer(mode, x, batch_sizes, h0[k], None if c0 is None else c0[k], *w,
+                                  reverse=direction == 1)
+            outs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        x = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (N, D*P)
+        if dropout > 0 and training and layer < len(weights) - 1:
+            x = torch.nn.functional.dropout(x, dropout, training=True)
+    return x, torch.stack(h_n), None if c0 is None else torch.stack(c_n)
+
+
+class RecurrentLayer(nn.Module):
+    """What RNN, LSTM and GRU share; use those classes."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, engine: str = "auto") -> None:
+        super().__init__()
+        name = type(self).__name__
+        checks.constructor(name, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        engines.select(engine)  # an unknown engine name fails here, not at the first forward
+        self.mode, self.engine = mode, engine
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"{name}: dropout is applied between layers, so dropout={dropout} has no effect "
+                          f"with num_layers=1", stacklevel=3)
+
+        factory = {"device": device, "dtype": dtype}
+        gate_size, out_size = GATES[mode] * hidden_size, proj_size or hidden_size
+        self._flat_weights_names, self._all_weights = [], []
+        # Registration order is torch's, so reset_parameters draws the same numbers from the same seed.
+        for layer in range(num_layers):
+            for suffix in ("", "_reverse")[: self.num_directions]:
+                layer_input = input_size if layer == 0 else out_size * self.num_directions
+                shapes = {"weight_ih": (gate_size, layer_input), "weight_hh": (gate_size, out_size)}
+                if bias:
+                    shapes.update(bias_ih=(gate_size,), bias_hh=(gate_size,))
+                if proj_size:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
+                names = [f"{kind}_l{layer}{suffix}" for kind in shapes]
+                for n, s in zip(names, shapes.values()):
+                    setattr(self, n, nn.Parameter(torch.empty(s, **factory)))
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> list[nn.Parameter]:
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    def reset_parameters(self) -> None:
+        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as torch.nn does."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for drop-in compatibility: rnnkit keeps no flat cuDNN weight buffer."""
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
+                             ("bidirectional", False), ("engine", "auto")):
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)!r}"
+        return s
+
+    def layer_weights(self) -> list[list[tuple]]:
+        """Per layer, per direction: (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent."""
+        kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+        return [[tuple(getattr(self, f"{k}_l{layer}{suffix}", None) for k in kinds)
+                 for suffix in ("", "_reverse")[: self.num_directions]] for layer in range(self.num_layers)]
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, input, hx=None, *, lengths=None):
+        name = type(self).__name__
+        as_packed, pad_to, unbatched = False, None, False
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError(f"{name}: lengths= is for padded input; a PackedSequence carries its own lengths")
+            as_packed = True
+        else:
+            checks.input_dims(name, input, (2, 3))
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+            x = x.transpose(0, 1) if self.batch_first else x  # (T, B, I)
+            checks.sequence_length(name, x.shape[0], input)
+            if lengths is not None:
+                lengths = checks.lengths(name, lengths, x.shape[0], x.shape[1])
+                input, pad_to = pack_padded_sequence(x, lengths, enforce_sorted=False), x.shape[0]
+        if isinstance(input, PackedSequence):
+            data, batch_sizes_t, sorted_indices, unsorted_indices = input
+            checks.packed(name, data, batch_sizes_t, sorted_indices)
+            batch_sizes = tuple(batch_sizes_t.tolist())
+        else:
+            data, batch_sizes = x.reshape(-1, x.shape[-1]), (x.shape[1],) * x.shape[0]  # (T*B, I)
+            sorted_indices = unsorted_indices = None
+        checks.input_matches_weights(name, data, self.weight_ih_l0, self.input_size)
+        data = data.to(self.weight_ih_l0.dtype)  # differs only under autocast
+
+        h0, c0 = self.initial_states(hx, data, batch_sizes[0], unbatched, sorted_indices)
+        out, h_n, c_n = run_stack(engines.select(self.engine), self.mode, data, batch_sizes, h0, c0,
+                                  self.layer_weights(), self.dropout, self.training)
+
+        if unsorted_indices is not None:
+            h_n = h_n.index_select(1, unsorted_indices)
+            c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
+        if as_packed:
+            output = PackedSequence(out, batch_sizes_t, sorted_indices, unsorted_indices)
+        else:
+            if pad_to is not None:
+                packed = PackedSequence(out, batch_sizes_t, sorted_indices, unsorted_indices)
+                out = pad_packed_sequence(packed, total_length=pad_to)[0]  # (T, B, D*P)
+            out = out.reshape(x.shape[0], x.shape[1], -1)  # (T, B, D*P)
+            output = out.transpose(0, 1) if self.batch_first else out
+            if unbatched:
+                output = output.squeeze(0 if self.batch_first else 1)
+                h_n, c_n = h_n.squeeze(1), None if c_n is None else c_n.squeeze(1)
+        return output, self.pack_states(h_n, c_n)
+
+    def initial_states(self, hx, data: Tensor, batch: int, unbatched: bool, sorted_indices):
+        """Validated (h_0, c_0) in the engine's row order: zeros when hx is None. c_0 is None unless LSTM."""
+        name, lstm = type(self).__name__, self.mode == "LSTM"
+        h_shape = (self.num_layers * self.num_directions, batch, self.proj_size or self.hidden_size)
+        c_shape = h_shape[:2] + (self.hidden_size,)
+        if hx is None:
+            zeros = dict(dtype=data.dtype, device=data.device)
+            return torch.zeros(h_shape, **zeros), torch.zeros(c_shape, **zeros) if lstm else None
+        if lstm:
+            checks.lstm_hx(name, hx)
+        checks.state_dims(name, tuple(hx) if lstm else hx, batched=not unbatched)
+        h0, c0 = hx if lstm else (hx, None)
+        if unbatched:
+            h0, c0 = h0.unsqueeze(1), None if c0 is None else c0.unsqueeze(1)
+        checks.state(name, "h_0", h0, h_shape, data)
+        if lstm:
+            checks.state(name, "c_0", c0, c_shape, data)
+        if sorted_indices is not None:  # the engine sees sequences longest first
+            h0, c0 = h0.index_select(1, sorted_indices), None if c0 is None else c0.index_select(1, sorted_indices)
+        return h0, c0
+
+    def pack_states(self, h_n: Tensor, c_n: Tensor | None):
+        return h_n
+
+
+class RNN(RecurrentLayer):
+    r"""Elman RNN, a drop-in for torch.nn.RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+
+    act is tanh or relu (`nonlinearity`). Step math and its backward: rnnkit.cells.rnn.
+
+    Example:
+        >>> import torch, rnnkit
+        >>> rnn = rnnkit.RNN(10, 20, num_layers=2)
+        >>> output, h_n = rnn(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, engine: str = "auto") -> None:
+        checks.nonlinearity("RNN", nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, num_layers,
+                         bias, batch_first, dropout, bidirectional, 0, device, dtype, engine=engine)
+
+
+class LSTM(RecurrentLayer):
+    r"""LSTM, a drop-in for torch.nn.LSTM, gate order (i, f, g, o), optional projection.
+
+    c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)  (h_t = W_hr (o * tanh(c_t)) with proj_size).
+    Step math and its backward: rnnkit.cells.lstm. Returns (output, (h_n, c_n)).
+
+    Example:
+        >>> import torch, rnnkit
+        >>> lstm = rnnkit.LSTM(10, 20, batch_first=True, proj_size=8)
+        >>> output, (h_n, c_n) = lstm(torch.randn(3, 5, 10))
+        >>> output.shape, h_n.shape, c_n.shape
+        (torch.Size([3, 5, 8]), torch.Size([1, 3, 8]), torch.Size([1, 3, 20]))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, engine: str = "auto") -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype, engine=engine)
+
+    def pack_states(self, h_n: Tensor, c_n: Tensor | None):
+        return h_n, c_n
+
+
+class GRU(RecurrentLayer):
+    r"""GRU, a drop-in for torch.nn.GRU, gate order (r, z, n).
+
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}.
+    Step math and its backward: rnnkit.cells.gru.
+
+    Example:
+        >>> import torch, rnnkit
+        >>> gru = rnnkit.GRU(10, 20, bidirectional=True)
+        >>> output, h_n = gru(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 40]), torch.Size([2, 3, 20]))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, engine: str = "auto") -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype, engine=engine)
