@@ -59,14 +59,14 @@ class RecurrentCell(nn.Module):
         checks.input_dims(name, input, (1, 2))
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)  # (B, I)
-        checks.input_matches_weights(name, x, self.weight_ih, self.input_size)
+        checks.input_matches_weights(name, x, self.weight_ih, self.input_size, dtype_error=RuntimeError)
         x = x.to(self.weight_ih.dtype)
         full = []
         for what, s in zip(("h_0", "c_0"), states):
             if s is None:
                 s = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
             else:
-                checks.state_dims(name, s, batched)
+                checks.state_dims(name, s, batched, input_dims=2)
                 s = s if batched else s.unsqueeze(0)
                 checks.state(name, what, s, (x.shape[0], self.hidden_size), x)
             full.append(s)
