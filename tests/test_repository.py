@@ -1,0 +1,32 @@
+"""The repository's promises to a newcomer: the README's commands are the ones CI runs, and the quickstart works."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_has_two_commands_and_ci_runs_the_test_one():
+    commands = readme_commands()
+    assert len(commands) == 2, commands
+    install_and_run, install_and_test = commands
+    assert "pip install torch==2.13.0" in install_and_run and "quickstart" in install_and_run
+    assert "pytest" in install_and_test
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert install_and_test in ci_lines
+
+
+def test_quickstart_loss_falls():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), "--steps", "40"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    mse = [float(m) for m in re.findall(r"mse ([0-9.]+)", result.stdout)]
+    assert len(mse) >= 3, result.stdout
+    assert mse[-1] < mse[0] / 5, result.stdout
