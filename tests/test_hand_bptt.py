@@ -187,3 +187,26 @@ def test_cell_gradcheck(family):
 
     inputs = (x, h, c) + tuple(p.detach().requires_grad_() for p in cell.parameters())
     assert torch.autograd.gradcheck(f, inputs)
+
+
+# values kept per time step and per running sequence, as stated in rnnkit.engines.reference's docstring
+KEPT_PER_STEP = {"rnn_tanh": H, "rnn_relu": H, "lstm": H + 5 * H, "lstm_proj": P + 5 * H, "gru": 5 * H}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("family", CELLS)
+def test_engine_keeps_what_its_docstring_states(family, dtype):
+    """Bytes the engine saves for the backward, beyond the caller's own tensors (input, states, weights)."""
+    batch_sizes = PACKINGS["packed_T4"]
+    x, h0, c0, w = engine_inputs(family, batch_sizes)
+    callers = [t.to(dtype).detach().requires_grad_() for t in (x, h0, c0, *w) if t is not None]
+    it = iter(callers)
+    x, h0, c0 = next(it), next(it), (next(it) if c0 is not None else None)
+    w = [next(it) if t is not None else None for t in w]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        reference.run_layer(MODES[family], x, batch_sizes, h0, c0, *w, False)
+    theirs = {t.data_ptr() for t in callers}
+    kept = sum(t.numel() * t.element_size() for t in saved if t is not None and t.data_ptr() not in theirs)
+    rows = sum(batch_sizes)  # one row per running sequence per step
+    assert kept == rows * KEPT_PER_STEP[family] * torch.empty((), dtype=dtype).element_size()
