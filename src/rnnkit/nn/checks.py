@@ -33,15 +33,28 @@ def constructor(name: str, input_size, hidden_size, num_layers, bias, batch_firs
         raise ValueError(f"{name}: hidden_size must be greater than zero, got {hidden_size}")
     if num_layers < 1:
         raise ValueError(f"{name}: num_layers must be at least 1, got {num_layers}")
-    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
-        raise ValueError(f"{name}: dropout should be a number in range [0, 1] representing the probability "
-                         f"of an element being zeroed, got {dropout!r}")
+    dropout_probability(name, dropout)
     if proj_size < 0:
         raise ValueError(f"{name}: proj_size should be a positive integer or zero to disable projections, "
                          f"got {proj_size}")
     if proj_size >= hidden_size:
         raise ValueError(f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                          f"and hidden_size={hidden_size}")
+
+
+def dropout_probability(name: str, value) -> None:
+    """A number in [0, 1]. torch calls float(dropout) first, so what float() rejects with a TypeError
+    (None, a list, a complex number) is a TypeError, everything else out of range a ValueError."""
+    message = (f"{name}: dropout should be a number in range [0, 1] representing the probability of an "
+               f"element being zeroed, got {value!r}")
+    try:
+        float(value)
+    except TypeError:
+        raise TypeError(message) from None
+    except ValueError:
+        raise ValueError(message) from None
+    if not isinstance(value, numbers.Number) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError(message)
 
 
 def nonlinearity(name: str, value) -> None:
@@ -61,13 +74,17 @@ def input_dims(name: str, input: Tensor, allowed: tuple[int, int]) -> None:
                          f"(shape {shape(input)})")
 
 
-def input_matches_weights(name: str, data: Tensor, weight: Tensor, input_size: int) -> None:
-    """dtype, device and feature size of the (N, I) input rows against the layer's weights."""
+def input_matches_weights(name: str, data: Tensor, weight: Tensor, input_size: int,
+                          dtype_error: type[Exception] = ValueError) -> None:
+    """dtype, device and feature size of the (N, I) input rows against the layer's weights.
+
+    torch.nn's layers raise ValueError for a dtype mismatch, its cells RuntimeError (from the
+    matrix product); the cells pass dtype_error=RuntimeError."""
     if not data.is_floating_point():
-        raise ValueError(f"{name}: input must be a floating-point tensor of dtype {weight.dtype}, "
+        raise dtype_error(f"{name}: input must be a floating-point tensor of dtype {weight.dtype}, "
                          f"got {data.dtype}. Convert input: input.to({weight.dtype})")
     if data.dtype != weight.dtype and not torch.is_autocast_enabled(data.device.type):
-        raise ValueError(f"{name}: input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
+        raise dtype_error(f"{name}: input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
                          f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})")
     if data.device != weight.device:
         raise RuntimeError(f"{name}: input and parameter tensors are not on the same device: "
@@ -105,6 +122,9 @@ def packed(name: str, data: Tensor, batch_sizes: Tensor, sorted_indices: Tensor 
 
 def lengths(name: str, lengths, num_steps: int, batch: int) -> Tensor:
     """Per-sequence lengths for padded input: integers in [1, T], one per batch element."""
+    if batch == 0:  # torch.nn.utils.rnn.pack_padded_sequence: "Cannot pack empty tensors."
+        raise RuntimeError(f"{name}: lengths= needs a batch of at least 1 sequence, got batch size 0; "
+                           f"call without lengths= for an empty batch")
     lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.numel() != batch:
         raise RuntimeError(f"{name}: expected lengths of shape ({batch},), one per sequence, "
@@ -119,12 +139,15 @@ def lengths(name: str, lengths, num_steps: int, batch: int) -> Tensor:
 
 
 def state(name: str, what: str, state: Tensor, expected: tuple[int, ...], data: Tensor) -> None:
-    """An initial state against its expected shape (and the input's dtype and device)."""
+    """An initial state against its expected shape (and the input's dtype and device).
+
+    expected is (L*D, B, P) for the layers, (B, H) for the cells."""
     if not isinstance(state, Tensor):
-        raise ValueError(f"{name}: expected {what} to be a Tensor, got {type(state).__name__}")
-    if len(expected) == 3 and state.dim() == 3 and state.shape[1] != expected[1]:
-        raise RuntimeError(f"{name}: {what} has batch size {state.shape[1]} but the input has batch size "
-                           f"{expected[1]} (expected {what} of shape {expected}, got {shape(state)})")
+        raise TypeError(f"{name}: expected {what} to be a Tensor, got {type(state).__name__}")
+    b = len(expected) - 2  # the batch dimension
+    if state.dim() == len(expected) and state.shape[b] != expected[b]:
+        raise RuntimeError(f"{name}: {what} has batch size {state.shape[b]} but the input has batch size "
+                           f"{expected[b]} (expected {what} of shape {expected}, got {shape(state)})")
     if shape(state) != expected:
         raise RuntimeError(f"{name}: Expected {what} of shape {expected}, got {shape(state)}")
     if state.dtype != data.dtype:
@@ -133,17 +156,28 @@ def state(name: str, what: str, state: Tensor, expected: tuple[int, ...], data: 
         raise RuntimeError(f"{name}: {what} is on {state.device} but the input is on {data.device}")
 
 
-def state_dims(name: str, hx, batched: bool) -> None:
-    """Batched input takes 3-D states, unbatched 2-D input takes 2-D states."""
-    want = 3 if batched else 2
+def state_dims(name: str, hx, batched: bool, input_dims: int = 3) -> None:
+    """States have the input's rank for layers (3-D batched, 2-D unbatched); cells pass input_dims=2."""
+    want = input_dims if batched else input_dims - 1
     tensors = hx if isinstance(hx, tuple) else (hx,)
     for t in tensors:
+        if isinstance(t, Tensor) and input_dims == 2 and t.dim() not in (1, 2):  # torch.nn's cells: ValueError
+            raise ValueError(f"{name}: Expected the initial states to be 1D or 2D, got a {t.dim()}-D tensor "
+                             f"of shape {shape(t)}")
         if isinstance(t, Tensor) and t.dim() != want:
-            kind = "batched 3-D" if batched else "unbatched 2-D"
+            kind = f"batched {input_dims}-D" if batched else f"unbatched {input_dims - 1}-D"
             raise RuntimeError(f"{name}: For {kind} input, the initial states should also be {want}-D "
                                f"but got a {t.dim()}-D tensor of shape {shape(t)}")
 
 
 def lstm_hx(name: str, hx) -> None:
-    if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-        raise ValueError(f"{name}: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
+    """(h_0, c_0): a tuple (or list) of two. torch's cell op raises TypeError for anything but a tuple
+    and RuntimeError ("expects two hidden states") for a tuple of another length."""
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(f"{name}: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
+    if len(hx) != 2:
+        raise RuntimeError(f"{name}: expected hx to be a tuple of 2 tensors (h_0, c_0), "
+                           f"got a {type(hx).__name__} of {len(hx)}")
+    if not all(isinstance(t, Tensor) for t in hx):
+        raise TypeError(f"{name}: expected hx to be a tuple of 2 tensors (h_0, c_0), "
+                        f"got ({', '.join(type(t).__name__ for t in hx)})")

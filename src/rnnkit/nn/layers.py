@@ -167,7 +167,7 @@ class RecurrentLayer(nn.Module):
             if pad_to is not None:
                 packed = PackedSequence(out, batch_sizes_t, sorted_indices, unsorted_indices)
                 out = pad_packed_sequence(packed, total_length=pad_to)[0]  # (T, B, D*P)
-            out = out.reshape(x.shape[0], x.shape[1], -1)  # (T, B, D*P)
+            out = out.reshape(x.shape[0], x.shape[1], out.shape[-1])  # (T, B, D*P); -1 fails for B = 0
             output = out.transpose(0, 1) if self.batch_first else out
             if unbatched:
                 output = output.squeeze(0 if self.batch_first else 1)
