@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,22 @@ from .. import engines
 from . import checks
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+
+class Rows(NamedTuple):
+    """Any input form, as the engines take it: time-major packed rows."""
+    data: Tensor  # (N, I)
+    batch_sizes: tuple[int, ...]  # sequences running at each step, non-increasing
+    packed: PackedSequence | None  # the packed form, when there is one (its batch order and indices)
+
+
+class InputForm(NamedTuple):
+    """How the caller gave the input, so the output goes back the same way."""
+    packed: bool  # a PackedSequence came in, so one goes out
+    unbatched: bool  # 2-D input without a batch dimension
+    steps: int  # T of padded input
+    batch: int  # B of padded input
+    padded_lengths: bool  # padded input with lengths=: pad the packed output back to T
 
 
 @torch.compiler.disable  # the time loop runs in the engine; torch.compile sees a graph break here
@@ -129,52 +146,57 @@ class RecurrentLayer(nn.Module):
     # ------------------------------------------------------------ forward
 
     def forward(self, input, hx=None, *, lengths=None):
+        rows, form = self.to_rows(input, lengths)
+        h0, c0 = self.initial_states(hx, rows.data, rows.batch_sizes[0], form.unbatched, rows.packed)
+        out, h_n, c_n = run_stack(engines.select(self.engine), self.mode, rows.data, rows.batch_sizes, h0, c0,
+                                  self.layer_weights(), self.dropout, self.training)
+        return self.from_rows(out, h_n, c_n, rows, form)
+
+    def to_rows(self, input, lengths) -> tuple[Rows, InputForm]:
+        """Validate the input and bring any form of it to the engines' packed rows."""
         name = type(self).__name__
-        as_packed, pad_to, unbatched = False, None, False
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError(f"{name}: lengths= is for padded input; a PackedSequence carries its own lengths")
-            as_packed = True
+            packed, form = input, InputForm(packed=True, unbatched=False, steps=0, batch=0, padded_lengths=False)
         else:
             checks.input_dims(name, input, (2, 3))
             unbatched = input.dim() == 2
             x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
             x = x.transpose(0, 1) if self.batch_first else x  # (T, B, I)
             checks.sequence_length(name, x.shape[0], input)
+            form = InputForm(False, unbatched, x.shape[0], x.shape[1], padded_lengths=lengths is not None)
+            packed = None
             if lengths is not None:
                 lengths = checks.lengths(name, lengths, x.shape[0], x.shape[1])
-                input, pad_to = pack_padded_sequence(x, lengths, enforce_sorted=False), x.shape[0]
-        if isinstance(input, PackedSequence):
-            data, batch_sizes_t, sorted_indices, unsorted_indices = input
-            checks.packed(name, data, batch_sizes_t, sorted_indices)
-            batch_sizes = tuple(batch_sizes_t.tolist())
+                packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        if packed is not None:
+            checks.packed(name, packed.data, packed.batch_sizes, packed.sorted_indices)
+            rows = Rows(packed.data, tuple(packed.batch_sizes.tolist()), packed)
         else:
-            data, batch_sizes = x.reshape(-1, x.shape[-1]), (x.shape[1],) * x.shape[0]  # (T*B, I)
-            sorted_indices = unsorted_indices = None
-        checks.input_matches_weights(name, data, self.weight_ih_l0, self.input_size)
-        data = data.to(self.weight_ih_l0.dtype)  # differs only under autocast
+            rows = Rows(x.reshape(-1, x.shape[-1]), (x.shape[1],) * x.shape[0], None)  # (T*B, I)
+        checks.input_matches_weights(name, rows.data, self.weight_ih_l0, self.input_size)
+        return rows._replace(data=rows.data.to(self.weight_ih_l0.dtype)), form  # a cast only under autocast
 
-        h0, c0 = self.initial_states(hx, data, batch_sizes[0], unbatched, sorted_indices)
-        out, h_n, c_n = run_stack(engines.select(self.engine), self.mode, data, batch_sizes, h0, c0,
-                                  self.layer_weights(), self.dropout, self.training)
-
-        if unsorted_indices is not None:
-            h_n = h_n.index_select(1, unsorted_indices)
-            c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
-        if as_packed:
-            output = PackedSequence(out, batch_sizes_t, sorted_indices, unsorted_indices)
-        else:
-            if pad_to is not None:
-                packed = PackedSequence(out, batch_sizes_t, sorted_indices, unsorted_indices)
-                out = pad_packed_sequence(packed, total_length=pad_to)[0]  # (T, B, D*P)
-            out = out.reshape(x.shape[0], x.shape[1], out.shape[-1])  # (T, B, D*P); -1 fails for B = 0
-            output = out.transpose(0, 1) if self.batch_first else out
-            if unbatched:
-                output = output.squeeze(0 if self.batch_first else 1)
-                h_n, c_n = h_n.squeeze(1), None if c_n is None else c_n.squeeze(1)
+    def from_rows(self, out: Tensor, h_n: Tensor, c_n: Tensor | None, rows: Rows, form: InputForm):
+        """Give the output back in the form the input came in; final states in the caller's batch order."""
+        packed = rows.packed
+        if packed is not None and packed.unsorted_indices is not None:
+            h_n = h_n.index_select(1, packed.unsorted_indices)
+            c_n = None if c_n is None else c_n.index_select(1, packed.unsorted_indices)
+        if form.packed:
+            return PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), \
+                self.pack_states(h_n, c_n)
+        if form.padded_lengths:
+            out = pad_packed_sequence(packed._replace(data=out), total_length=form.steps)[0]  # (T, B, D*P)
+        out = out.reshape(form.steps, form.batch, out.shape[-1])  # (T, B, D*P); -1 fails for B = 0
+        output = out.transpose(0, 1) if self.batch_first else out
+        if form.unbatched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), None if c_n is None else c_n.squeeze(1)
         return output, self.pack_states(h_n, c_n)
 
-    def initial_states(self, hx, data: Tensor, batch: int, unbatched: bool, sorted_indices):
+    def initial_states(self, hx, data: Tensor, batch: int, unbatched: bool, packed: PackedSequence | None):
         """Validated (h_0, c_0) in the engine's row order: zeros when hx is None. c_0 is None unless LSTM."""
         name, lstm = type(self).__name__, self.mode == "LSTM"
         h_shape = (self.num_layers * self.num_directions, batch, self.proj_size or self.hidden_size)
@@ -191,8 +213,9 @@ class RecurrentLayer(nn.Module):
         checks.state(name, "h_0", h0, h_shape, data)
         if lstm:
             checks.state(name, "c_0", c0, c_shape, data)
-        if sorted_indices is not None:  # the engine sees sequences longest first
-            h0, c0 = h0.index_select(1, sorted_indices), None if c0 is None else c0.index_select(1, sorted_indices)
+        if packed is not None and packed.sorted_indices is not None:  # the engine sees sequences longest first
+            order = packed.sorted_indices
+            h0, c0 = h0.index_select(1, order), None if c0 is None else c0.index_select(1, order)
         return h0, c0
 
     def pack_states(self, h_n: Tensor, c_n: Tensor | None):
