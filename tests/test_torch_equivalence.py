@@ -132,3 +132,27 @@ def test_dropout_applies_between_layers_in_training(family):
     assert not torch.allclose(train_out, eval_out)
     first = lambda state: (state[0] if isinstance(state, tuple) else state)[0]  # layer 0's h_n
     assert torch.equal(first(train_state), first(eval_state))
+
+
+LONG_SHAPES = {"T64-B5-H33": (64, 5, 33), "T200-B2-H17": (200, 2, 17)}
+
+
+@pytest.mark.parametrize("shape", LONG_SHAPES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_long_sequences_float32(family, shape):
+    """Float32 rounding must not build up along the time loop beyond the shared tolerance."""
+    steps, batch, hidden = LONG_SHAPES[shape]
+    torch_cls, kit_cls, kw = FAMILIES[family]
+    torch.manual_seed(0)
+    ref = torch_cls(I, hidden, num_layers=2, bidirectional=True, **kw)
+    kit = kit_cls(I, hidden, num_layers=2, bidirectional=True, **kw)
+    kit.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(steps, batch, I, requires_grad=True)
+    ref_outs, kit_outs = run(ref, x, [], family), run(kit, x, [], family)
+    upstream = [torch.randn_like(o) for o in ref_outs]
+    ref_grads = torch.autograd.grad(ref_outs, [x, *ref.parameters()], upstream)
+    kit_grads = torch.autograd.grad(kit_outs, [x, *kit.parameters()], upstream)
+    for a, b in zip(kit_outs, ref_outs):
+        assert_close(a, b, "output", "output")
+    for (name, _), a, b in zip([("input", None), *kit.named_parameters()], kit_grads, ref_grads):
+        assert_close(a, b, "grad", f"d{name}")
