@@ -113,10 +113,11 @@ def flatten_outputs(result) -> list[torch.Tensor]:
 def sanity_check(reference: torch.nn.Module, candidate: torch.nn.Module, x: torch.Tensor, g: torch.Tensor,
                  label: str) -> None:
     """Raise unless both contenders agree on outputs and gradients: a wrong engine must not get a timing."""
-    for a, e in zip(flatten_outputs(forward_step(candidate, x)), flatten_outputs(forward_step(reference, x))):
+    outputs = zip(flatten_outputs(forward_step(candidate, x)), flatten_outputs(forward_step(reference, x)), strict=True)
+    for a, e in outputs:
         assert_close(a, e, "output", f"{label} forward")
     (_, grads_e), (_, grads_a) = train_step(reference, x, g), train_step(candidate, x, g)
-    for i, (a, e) in enumerate(zip(grads_a, grads_e)):
+    for i, (a, e) in enumerate(zip(grads_a, grads_e, strict=True)):
         assert_close(a, e, "grad", f"{label} gradient #{i}")
 
 

@@ -445,7 +445,7 @@ def test_unsorted_packed_input_with_a_length_one_sequence(torch_cls, kit_cls):
     assert isinstance(out, PackedSequence)
     assert torch.equal(out.batch_sizes, ref_out.batch_sizes)
     assert_close(out.data, ref_out.data, what="output")
-    for s, r in zip(state if is_lstm(kit_cls) else (state,), ref_state if is_lstm(kit_cls) else (ref_state,)):
+    for s, r in zip(state if is_lstm(kit_cls) else (state,), ref_state if is_lstm(kit_cls) else (ref_state,), strict=True):
         assert_close(s, r, what="final state")
 
     padded_out, padded_state = kit(x, lengths=lengths)

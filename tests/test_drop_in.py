@@ -83,10 +83,10 @@ def test_cells_match_torch(family, dtype, bias, batched, state):
         out = module(x, hx)
         outs.append(list(out) if isinstance(out, tuple) else [out])
     upstream = [torch.randn_like(o) for o in outs[0]]
-    grads = [torch.autograd.grad(o, leaves + list(m.parameters()), upstream) for o, m in zip(outs, (ref, kit))]
-    for a, b in zip(outs[1], outs[0]):
+    grads = [torch.autograd.grad(o, leaves + list(m.parameters()), upstream) for o, m in zip(outs, (ref, kit), strict=True)]
+    for a, b in zip(outs[1], outs[0], strict=True):
         assert_close(a, b, "output", "cell output")
-    for a, b in zip(grads[1], grads[0]):
+    for a, b in zip(grads[1], grads[0], strict=True):
         assert_close(a, b, "grad", "cell gradient")
 
 
@@ -108,7 +108,7 @@ def test_lengths_keyword_matches_pack_and_pad(family, batch_first):
     ref_outs = [ref_out, *(ref_state if isinstance(ref_state, tuple) else (ref_state,))]
     kit_outs = [kit_out, *(kit_state if isinstance(kit_state, tuple) else (kit_state,))]
     upstream = [torch.randn_like(o) for o in ref_outs]
-    for a, b in zip(kit_outs, ref_outs):
+    for a, b in zip(kit_outs, ref_outs, strict=True):
         assert_close(a, b, "output", "lengths= output")
     ga = torch.autograd.grad(kit_outs, [x], upstream)[0]
     gb = torch.autograd.grad(ref_outs, [x], upstream)[0]
@@ -137,7 +137,7 @@ def test_runs_inside_torch_compile():
     out = compiled(tokens)
     grads = torch.autograd.grad(out.square().mean(), list(model.parameters()))
     assert_close(out, eager, "output", "compiled output")
-    for a, b in zip(grads, eager_grads):
+    for a, b in zip(grads, eager_grads, strict=True):
         assert_close(a, b, "grad", "compiled gradient")
 
 

@@ -60,7 +60,7 @@ def test_step_backward_matches_autograd(family):
 
     auto = torch.autograd.grad(new, (xp, *prev, b_hh), d_new)
     assert_close(dxp, auto[0], "grad", "dxp")
-    for k, (mine, theirs) in enumerate(zip(d_prev, auto[1:-1])):
+    for k, (mine, theirs) in enumerate(zip(d_prev, auto[1:-1], strict=True)):
         assert_close(mine, theirs, "grad", f"d_prev[{k}]")
     # b_hh enters only through hp, so its gradient is the row sum of dhp
     assert_close(dhp.sum(0), auto[-1], "grad", "dhp")
@@ -103,14 +103,14 @@ def test_hand_bptt_matches_autograd_through_the_loop(family, packing, reverse):
     new, _, final = reference.bptt_forward(step, xp.split(batch_sizes), state0, batch_sizes, reverse)
     auto_outs = [reference.stack(new, 0), *final]
     mine_outs = [out, h_n] + ([c_n] if c0 is not None else [])
-    for a, b in zip(mine_outs, auto_outs):
+    for a, b in zip(mine_outs, auto_outs, strict=True):
         assert_close(a, b, "output", "forward")
 
     leaves = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
     upstream = [torch.randn_like(o) for o in mine_outs]
     mine = torch.autograd.grad(mine_outs, leaves, upstream)
     auto = torch.autograd.grad(auto_outs, leaves, upstream)
-    for k, (a, b) in enumerate(zip(mine, auto)):
+    for k, (a, b) in enumerate(zip(mine, auto, strict=True)):
         assert_close(a, b, "grad", f"leaf {k}")
 
 
@@ -158,7 +158,7 @@ def test_layer_gradcheck_packed_unsorted(family):
     def f(x, h0, c0, *params):
         packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         hx = (h0, c0) if lstm_like else h0
-        out, hn = torch.func.functional_call(layer, dict(zip(names, params)), (packed, hx))
+        out, hn = torch.func.functional_call(layer, dict(zip(names, params, strict=True)), (packed, hx))
         return (out.data,) + (hn if lstm_like else (hn,))
 
     inputs = (x, h0, c0) + tuple(p.detach().requires_grad_() for p in layer.parameters())
@@ -182,7 +182,7 @@ def test_cell_gradcheck(family):
 
     def f(x, h, c, *params):
         hx = (h, c) if family == "lstm" else h
-        out = torch.func.functional_call(cell, dict(zip(names, params)), (x, hx))
+        out = torch.func.functional_call(cell, dict(zip(names, params, strict=True)), (x, hx))
         return out if isinstance(out, tuple) else (out,)
 
     inputs = (x, h, c) + tuple(p.detach().requires_grad_() for p in cell.parameters())

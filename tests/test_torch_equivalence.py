@@ -76,12 +76,12 @@ def compare(ref, kit, family, kind, dtype, with_state, num_layers, bidirectional
     leaves = [x, *states]
     ref_grads = torch.autograd.grad(ref_outs, leaves + list(ref.parameters()), upstream, retain_graph=True)
     kit_grads = torch.autograd.grad(kit_outs, leaves + list(kit.parameters()), upstream)
-    names = ["output", "h_n", "c_n"]
-    for name, a, b in zip(names, kit_outs, ref_outs):
+    names = ["output", "h_n", "c_n"][: len(ref_outs)]
+    for name, a, b in zip(names, kit_outs, ref_outs, strict=True):
         assert_close(a, b, "output", name)
     grad_names = ["input", "h_0", "c_0"][: len(leaves)] + [n for n, _ in kit.named_parameters()]
     assert len(kit_grads) == len(grad_names)
-    for name, a, b in zip(grad_names, kit_grads, ref_grads):
+    for name, a, b in zip(grad_names, kit_grads, ref_grads, strict=True):
         assert_close(a, b, "grad", f"d{name}")
 
 
@@ -130,8 +130,8 @@ def test_dropout_applies_between_layers_in_training(family):
     kit.eval()
     eval_out, eval_state = kit(x)
     assert not torch.allclose(train_out, eval_out)
-    first = lambda state: (state[0] if isinstance(state, tuple) else state)[0]  # layer 0's h_n
-    assert torch.equal(first(train_state), first(eval_state))
+    h_n = [s[0] if isinstance(s, tuple) else s for s in (train_state, eval_state)]
+    assert torch.equal(h_n[0][0], h_n[1][0])  # layer 0's final state
 
 
 LONG_SHAPES = {"T64-B5-H33": (64, 5, 33), "T200-B2-H17": (200, 2, 17)}
@@ -152,7 +152,7 @@ def test_long_sequences_float32(family, shape):
     upstream = [torch.randn_like(o) for o in ref_outs]
     ref_grads = torch.autograd.grad(ref_outs, [x, *ref.parameters()], upstream)
     kit_grads = torch.autograd.grad(kit_outs, [x, *kit.parameters()], upstream)
-    for a, b in zip(kit_outs, ref_outs):
+    for a, b in zip(kit_outs, ref_outs, strict=True):
         assert_close(a, b, "output", "output")
-    for (name, _), a, b in zip([("input", None), *kit.named_parameters()], kit_grads, ref_grads):
+    for (name, _), a, b in zip([("input", None), *kit.named_parameters()], kit_grads, ref_grads, strict=True):
         assert_close(a, b, "grad", f"d{name}")

@@ -72,7 +72,7 @@ def bptt_forward(step, xp_steps, state0: tuple[Tensor, ...], batch_sizes, revers
     for t in time_order(len(batch_sizes), reverse):
         bs = batch_sizes[t]
         new, cache = step(xp_steps[t], tuple(s[:bs] for s in state))
-        state = tuple(merge_rows(n, s) for n, s in zip(new, state))
+        state = tuple(merge_rows(n, s) for n, s in zip(new, state, strict=True))
         new_steps[t], caches[t] = new, cache
     return new_steps, caches, state
 
@@ -110,7 +110,7 @@ def bptt_backward(step_backward, d_out_steps, d_final: tuple[Tensor, ...], new_s
         d_new = (d_state[0][:bs] + d_out_steps[t],) + tuple(d[:bs] for d in d_state[1:])
         dxp[t], dhp[t], d_prev = step_backward(d_new, new_steps[t], prev_steps[t], caches[t])
         dh_total[t] = d_new[0]
-        d_state = tuple(merge_rows(d, s) for d, s in zip(d_prev, d_state))
+        d_state = tuple(merge_rows(d, s) for d, s in zip(d_prev, d_state, strict=True))
     return dxp, dhp, dh_total, d_state
 
 
@@ -188,7 +188,7 @@ class LSTMSequence(torch.autograd.Function):
     def backward(ctx, d_out, d_h_n, d_c_n):
         x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates = ctx.saved_tensors
         batch_sizes, reverse, has_bias = ctx.config
-        new = list(zip(out.split(batch_sizes), cs.split(batch_sizes)))
+        new = list(zip(out.split(batch_sizes), cs.split(batch_sizes), strict=True))
         gates = gates.split(batch_sizes)
         prev = previous_states(new, (h0, c0), batch_sizes, reverse)
         step_backward = partial(lstm.backward, w_hh=w_hh, w_hr=w_hr)
@@ -198,7 +198,7 @@ class LSTMSequence(torch.autograd.Function):
             x, w_ih, torch.cat(dxp), torch.cat(dhp), stack(prev, 0), has_bias, ctx.needs_input_grad[0])
         dw_hr = None
         if w_hr is not None:  # h'_t = W_hr m_t at every step: dW_hr = sum_t dh'_t^T m_t
-            m = torch.cat([lstm.projection_input(n, g) for n, g in zip(new, gates)])  # (N, H)
+            m = torch.cat([lstm.projection_input(n, g) for n, g in zip(new, gates, strict=True)])  # (N, H)
             dw_hr = torch.cat(dh_total).t() @ m  # (P, H)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
 

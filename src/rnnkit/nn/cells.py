@@ -62,7 +62,7 @@ class RecurrentCell(nn.Module):
         checks.input_matches_weights(name, x, self.weight_ih, self.input_size, dtype_error=RuntimeError)
         x = x.to(self.weight_ih.dtype)
         full = []
-        for what, s in zip(("h_0", "c_0"), states):
+        for what, s in zip(("h_0", "c_0")[: len(states)], states, strict=True):
             if s is None:
                 s = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
             else:

@@ -6,6 +6,7 @@ RuntimeError), with a message that names what was expected and what was given.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 
 import torch
@@ -108,7 +109,7 @@ def packed(name: str, data: Tensor, batch_sizes: Tensor, sorted_indices: Tensor 
     sizes = batch_sizes.tolist()
     if len(sizes) == 0:
         raise RuntimeError(f"{name}: expected a sequence length of at least 1, got an empty PackedSequence")
-    if min(sizes) < 1 or any(a < b for a, b in zip(sizes, sizes[1:])):
+    if min(sizes) < 1 or any(a < b for a, b in itertools.pairwise(sizes)):
         raise RuntimeError(f"{name}: PackedSequence batch_sizes must be positive and non-increasing, "
                            f"got {sizes}")
     if sum(sizes) != data.shape[0]:

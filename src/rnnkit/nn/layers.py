@@ -100,7 +100,7 @@ class RecurrentLayer(nn.Module):
                 if proj_size:
                     shapes["weight_hr"] = (proj_size, hidden_size)
                 names = [f"{kind}_l{layer}{suffix}" for kind in shapes]
-                for n, s in zip(names, shapes.values()):
+                for n, s in zip(names, shapes.values(), strict=True):
                     setattr(self, n, nn.Parameter(torch.empty(s, **factory)))
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
