@@ -154,5 +154,30 @@ def test_default_dtype_float64_and_eval_backward(family):
 
 def test_engine_selection():
     assert rnnkit.LSTM(2, 3, engine="reference").engine == "reference"
-    with pytest.raises(ValueError, match=r"unknown engine 'cuda-magic': expected one of 'auto', 'reference'"):
+    with pytest.raises(ValueError, match=r"unknown engine 'cuda-magic': expected one of 'auto', 'reference', 'cpu'"):
         rnnkit.GRU(2, 3, engine="cuda-magic")
+
+
+def test_engine_asked_by_name_that_cannot_run_says_why():
+    gru = rnnkit.GRU(2, 3, engine="cpu", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"engine 'cpu' cannot run here: it supports float32 and float64, "
+                                           r"got torch.bfloat16"):
+        gru(torch.randn(4, 1, 2, dtype=torch.bfloat16))
+    auto = rnnkit.GRU(2, 3, dtype=torch.bfloat16)  # auto takes the reference engine where cpu does not apply
+    assert auto(torch.randn(4, 1, 2, dtype=torch.bfloat16))[0].shape == (4, 1, 3)
+
+
+def test_use_sets_what_auto_means_in_a_block(monkeypatch):
+    calls = []
+    for name in ("reference", "cpu"):
+        module = rnnkit.engines.ENGINES[name]
+        original = module.run_layer
+        monkeypatch.setattr(module, "run_layer",
+                            lambda *a, _n=name, _f=original, **k: calls.append(_n) or _f(*a, **k))
+    lstm, x = rnnkit.LSTM(2, 3), torch.randn(4, 1, 2)
+    lstm(x)
+    with rnnkit.engines.use("reference"):
+        lstm(x)
+        rnnkit.LSTM(2, 3, engine="cpu")(x)  # a name given to the layer wins over the block
+    lstm(x)
+    assert calls == ["cpu", "reference", "cpu", "cpu"]

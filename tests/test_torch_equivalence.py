@@ -29,13 +29,13 @@ FAMILIES = {
 INPUT_KINDS = ("padded", "batch_first", "packed", "unbatched")
 
 
-def make_pair(family, num_layers, bidirectional, bias, batch_first, dtype, dropout=0.0):
+def make_pair(family, num_layers, bidirectional, bias, batch_first, dtype, dropout=0.0, engine="auto"):
     """torch.nn module and rnnkit module with identical weights."""
     torch_cls, kit_cls, kw = FAMILIES[family]
     args = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
                 dropout=dropout, dtype=dtype, **kw)
     ref = torch_cls(I, H, **args)
-    kit = kit_cls(I, H, **args)
+    kit = kit_cls(I, H, **args, engine=engine)
     kit.load_state_dict(ref.state_dict(), strict=True)
     return ref, kit
 
@@ -94,12 +94,16 @@ def grid_id(case):
                      "h0" if with_state else "noh0"])
 
 
+ENGINES = ["reference", "cpu"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", GRID, ids=[grid_id(c) for c in GRID])
-def test_matches_torch(case, dtype):
+def test_matches_torch(case, dtype, engine):
     family, num_layers, bidirectional, bias, kind, with_state = case
     torch.manual_seed(0)
-    ref, kit = make_pair(family, num_layers, bidirectional, bias, kind == "batch_first", dtype)
+    ref, kit = make_pair(family, num_layers, bidirectional, bias, kind == "batch_first", dtype, engine=engine)
     compare(ref, kit, family, kind, dtype, with_state, num_layers, bidirectional)
 
 
@@ -137,15 +141,16 @@ def test_dropout_applies_between_layers_in_training(family):
 LONG_SHAPES = {"T64-B5-H33": (64, 5, 33), "T200-B2-H17": (200, 2, 17)}
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("shape", LONG_SHAPES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_long_sequences_float32(family, shape):
+def test_long_sequences_float32(family, shape, engine):
     """Float32 rounding must not build up along the time loop beyond the shared tolerance."""
     steps, batch, hidden = LONG_SHAPES[shape]
     torch_cls, kit_cls, kw = FAMILIES[family]
     torch.manual_seed(0)
     ref = torch_cls(I, hidden, num_layers=2, bidirectional=True, **kw)
-    kit = kit_cls(I, hidden, num_layers=2, bidirectional=True, **kw)
+    kit = kit_cls(I, hidden, num_layers=2, bidirectional=True, **kw, engine=engine)
     kit.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(steps, batch, I, requires_grad=True)
     ref_outs, kit_outs = run(ref, x, [], family), run(kit, x, [], family)

@@ -5,6 +5,7 @@ keys and numbers. Layout: rnnkit.cells (step math) -> rnnkit.engines (time loop,
 -> rnnkit.nn (layers).
 """
 
+from . import engines
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"

@@ -1,21 +1,66 @@
 """Engines run one recurrent layer in one direction over a whole sequence, forward and BPTT.
 
-All engines share the signature of `reference.run_layer`. `select` is the one place that
-chooses between them: an engine asked for by name runs or raises, never a silent substitute.
+All engines share the signature of `reference.run_layer`:
+
+    reference  a readable loop over time with the hand-derived BPTT; runs anywhere; the ground truth
+    cpu        the same algorithm with the time loops compiled by Numba (float32, float64 CPU tensors)
+
+`select` is the one place that chooses between them. An engine asked for by name runs or
+raises an error saying why it cannot; "auto" takes the fastest engine that applies to the
+input, and every engine gives the reference engine's results within rnnkit.testing's tolerances.
+
+The choice can be made per layer (`engine=` on rnnkit.LSTM and friends) and globally:
+
+    with rnnkit.engines.use("reference"):   # layers built with engine="auto" run on "reference"
+        model(x)
 """
 
 from __future__ import annotations
 
-from . import reference
+import contextlib
+import contextvars
 
-ENGINES = {"reference": reference.run_layer}
+from torch import Tensor
+
+from . import cpu, reference
+
+ENGINES = {"reference": reference, "cpu": cpu}
 ENGINE_NAMES = ("auto", *ENGINES)
 
+# what engine="auto" means right now; "auto" lets select decide per input
+_auto_engine: contextvars.ContextVar[str] = contextvars.ContextVar("rnnkit_auto_engine", default="auto")
 
-def select(name: str):
-    """The run_layer function of engine `name`; "auto" picks the best engine that applies."""
-    if name == "auto":
-        return ENGINES["reference"]  # the only engine so far
-    if name not in ENGINES:
+
+def check_name(name: str) -> None:
+    if name not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {name!r}: expected one of {', '.join(map(repr, ENGINE_NAMES))}")
-    return ENGINES[name]
+
+
+def why_not(name: str, x: Tensor) -> str | None:
+    """Why engine `name` cannot run on input x, or None if it can."""
+    module = ENGINES[name]
+    return module.why_not(x) if hasattr(module, "why_not") else None
+
+
+def select(name: str, x: Tensor):
+    """The run_layer function of engine `name` for input x; "auto" picks the best engine that applies."""
+    check_name(name)
+    if name == "auto":
+        name = _auto_engine.get()
+    if name == "auto":
+        name = "cpu" if why_not("cpu", x) is None else "reference"
+    reason = why_not(name, x)
+    if reason is not None:
+        raise RuntimeError(f"engine {name!r} cannot run here: {reason}")
+    return ENGINES[name].run_layer
+
+
+@contextlib.contextmanager
+def use(name: str):
+    """Run layers built with engine="auto" on engine `name` inside the block (thread- and task-local)."""
+    check_name(name)
+    token = _auto_engine.set(name)
+    try:
+        yield
+    finally:
+        _auto_engine.reset(token)

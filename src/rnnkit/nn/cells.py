@@ -24,7 +24,7 @@ class RecurrentCell(nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device, dtype, engine: str):
         super().__init__()
         checks.constructor(type(self).__name__, input_size, hidden_size, 1, bias, False, 0.0, 0)
-        engines.select(engine)
+        engines.check_name(engine)
         self.mode, self.engine = mode, engine
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         factory = {"device": device, "dtype": dtype}
@@ -70,7 +70,7 @@ class RecurrentCell(nn.Module):
                 s = s if batched else s.unsqueeze(0)
                 checks.state(name, what, s, (x.shape[0], self.hidden_size), x)
             full.append(s)
-        run_layer = engines.select(self.engine)
+        run_layer = engines.select(self.engine, x)
         h0, c0 = full[0], full[1] if len(full) > 1 else None
         _, h, c = run_layer(self.mode, x, (x.shape[0],), h0, c0, self.weight_ih, self.weight_hh,
                             self.bias_ih, self.bias_hh, None, reverse=False)

@@ -78,7 +78,7 @@ class RecurrentLayer(nn.Module):
         super().__init__()
         name = type(self).__name__
         checks.constructor(name, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
-        engines.select(engine)  # an unknown engine name fails here, not at the first forward
+        engines.check_name(engine)  # an unknown engine name fails here, not at the first forward
         self.mode, self.engine = mode, engine
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
@@ -148,8 +148,9 @@ class RecurrentLayer(nn.Module):
     def forward(self, input, hx=None, *, lengths=None):
         rows, form = self.to_rows(input, lengths)
         h0, c0 = self.initial_states(hx, rows.data, rows.batch_sizes[0], form.unbatched, rows.packed)
-        out, h_n, c_n = run_stack(engines.select(self.engine), self.mode, rows.data, rows.batch_sizes, h0, c0,
-                                  self.layer_weights(), self.dropout, self.training)
+        run_layer = engines.select(self.engine, rows.data)
+        out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, self.layer_weights(),
+                                  self.dropout, self.training)
         return self.from_rows(out, h_n, c_n, rows, form)
 
     def to_rows(self, input, lengths) -> tuple[Rows, InputForm]:

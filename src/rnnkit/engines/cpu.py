@@ -1,0 +1,180 @@
+"""CPU engine: the reference engine's algorithm with the time loops compiled by Numba.
+
+Same signature, layout and saved tensors as rnnkit.engines.reference (read that module
+for the BPTT derivation); the loops live in cpu_kernels.py. What stays in torch: the
+products that do not depend on the previous step, which are single large matrix products
+(the input projection of all steps, the weight gradients summed over steps, dx).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import reference
+
+DTYPES = (torch.float32, torch.float64)
+
+
+@lru_cache(maxsize=1)
+def _import_error() -> str | None:
+    try:
+        from . import cpu_kernels  # noqa: F401  (numba compiles lazily; this only imports)
+    except ImportError as e:
+        return f"numba is not importable ({e}); install it with: pip install numba"
+    return None
+
+
+def why_not(x: Tensor) -> str | None:
+    """Why this engine cannot run on input x, or None if it can."""
+    if (err := _import_error()) is not None:
+        return err
+    if x.device.type != "cpu":
+        return f"it runs on CPU tensors, got a tensor on {x.device}"
+    if x.dtype not in DTYPES:
+        return f"it supports float32 and float64, got {x.dtype}"
+    from .blas import gemm_address
+    if gemm_address(x.dtype) is None:
+        return "this torch build exports no BLAS sgemm_/dgemm_ for the compiled loops to call"
+    return None
+
+
+@lru_cache(maxsize=64)
+def plan(batch_sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """batch_sizes and the first packed row of each step, as the kernels take them."""
+    sizes = np.asarray(batch_sizes, dtype=np.int64)
+    offsets = np.zeros_like(sizes)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    return sizes, offsets
+
+
+def arr(t: Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (contiguous first: the kernels index rows directly)."""
+    return t.detach().contiguous().numpy()
+
+
+def gemm_fn(dtype: torch.dtype) -> int:
+    from .blas import gemm_address
+    return gemm_address(dtype)
+
+
+def kernels():
+    from . import cpu_kernels
+    return cpu_kernels
+
+
+def np_dtype(t: Tensor):
+    return np.float32 if t.dtype == torch.float32 else np.float64
+
+
+def bias_or_zeros(b: Tensor | None, size: int, like: Tensor) -> np.ndarray:
+    return arr(b) if b is not None else np.zeros(size, dtype=np_dtype(like))
+
+
+class RNNSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
+        sizes, offsets = plan(batch_sizes)
+        xp = reference.input_projection(x, w_ih, b_ih)  # (N, H)
+        out, hp = x.new_empty(xp.shape), x.new_empty(h0.shape)
+        h = h0.detach().clone(memory_format=torch.contiguous_format)
+        kernels().rnn_forward(gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh),
+                              bias_or_zeros(b_hh, w_hh.shape[0], x), arr(h), sizes, offsets, reverse, arr(out), arr(hp))
+        ctx.save_for_backward(x, h0, w_ih, w_hh, out)
+        ctx.config = batch_sizes, reverse, nonlinearity, b_ih is not None
+        return out, h
+
+    @staticmethod
+    def backward(ctx, d_out, d_h_n):
+        x, h0, w_ih, w_hh, out = ctx.saved_tensors
+        batch_sizes, reverse, nonlinearity, has_bias = ctx.config
+        sizes, offsets = plan(batch_sizes)
+        dpre, hprev, dh = torch.empty_like(out), torch.empty_like(out), d_h_n.clone(memory_format=torch.contiguous_format)
+        kernels().rnn_backward(gemm_fn(x.dtype), nonlinearity == "relu", arr(w_hh), arr(h0), arr(out), arr(d_out),
+                               arr(dh), sizes, offsets, reverse, arr(dpre), arr(hprev))
+        dx, dw_ih, dw_hh, db_ih, db_hh = reference.shared_weight_grads(
+            x, w_ih, dpre, dpre, hprev, has_bias, ctx.needs_input_grad[0])
+        return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+
+
+class LSTMSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+        sizes, offsets = plan(batch_sizes)
+        hidden = c0.shape[1]
+        xp = reference.input_projection(x, w_ih, b_ih)  # (N, 4H)
+        n = x.shape[0]
+        out, cs, gates = x.new_empty(n, h0.shape[1]), x.new_empty(n, hidden), x.new_empty(n, 4 * hidden)
+        h, c = (s.detach().clone(memory_format=torch.contiguous_format) for s in (h0, c0))
+        hp, m = x.new_empty(h0.shape[0], 4 * hidden), x.new_empty(h0.shape[0], hidden)
+        w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
+        kernels().lstm_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 4 * hidden, x), w_hr_,
+                               arr(h), arr(c), sizes, offsets, reverse, arr(out), arr(cs), arr(gates), arr(hp), arr(m))
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates)
+        ctx.config = batch_sizes, reverse, b_ih is not None
+        return out, h, c
+
+    @staticmethod
+    def backward(ctx, d_out, d_h_n, d_c_n):
+        x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates = ctx.saved_tensors
+        batch_sizes, reverse, has_bias = ctx.config
+        sizes, offsets = plan(batch_sizes)
+        hidden = c0.shape[1]
+        dgates, hprev, dh_total = torch.empty_like(gates), torch.empty_like(out), torch.empty_like(out)
+        m_all = x.new_empty(out.shape[0], hidden) if w_hr is not None else x.new_empty(0, hidden)
+        dm = x.new_empty(h0.shape[0], hidden)
+        dh, dc = (d.clone(memory_format=torch.contiguous_format) for d in (d_h_n, d_c_n))
+        w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
+        kernels().lstm_backward(gemm_fn(x.dtype), arr(w_hh), w_hr_, arr(h0), arr(c0), arr(out), arr(cs), arr(gates),
+                                arr(d_out), arr(dh), arr(dc), sizes, offsets, reverse, arr(dgates), arr(hprev),
+                                arr(dh_total), arr(m_all), arr(dm))
+        dx, dw_ih, dw_hh, db_ih, db_hh = reference.shared_weight_grads(
+            x, w_ih, dgates, dgates, hprev, has_bias, ctx.needs_input_grad[0])
+        dw_hr = dh_total.t() @ m_all if w_hr is not None else None  # sum_t dh_t^T m_t  (P, H)
+        return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
+
+
+class GRUSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
+        sizes, offsets = plan(batch_sizes)
+        hidden = h0.shape[1]
+        xp = reference.input_projection(x, w_ih, b_ih)  # (N, 3H)
+        out, cache = x.new_empty(x.shape[0], hidden), x.new_empty(x.shape[0], 4 * hidden)
+        h, hp = h0.detach().clone(memory_format=torch.contiguous_format), x.new_empty(h0.shape[0], 3 * hidden)
+        kernels().gru_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 3 * hidden, x), arr(h),
+                              sizes, offsets, reverse, arr(out), arr(cache), arr(hp))
+        ctx.save_for_backward(x, h0, w_ih, w_hh, out, cache)
+        ctx.config = batch_sizes, reverse, b_ih is not None
+        return out, h
+
+    @staticmethod
+    def backward(ctx, d_out, d_h_n):
+        x, h0, w_ih, w_hh, out, cache = ctx.saved_tensors
+        batch_sizes, reverse, has_bias = ctx.config
+        sizes, offsets = plan(batch_sizes)
+        hidden = h0.shape[1]
+        dxp, dhp = x.new_empty(out.shape[0], 3 * hidden), x.new_empty(out.shape[0], 3 * hidden)
+        hprev, dh = torch.empty_like(out), d_h_n.clone(memory_format=torch.contiguous_format)
+        kernels().gru_backward(gemm_fn(x.dtype), arr(w_hh), arr(h0), arr(out), arr(cache), arr(d_out), arr(dh),
+                               sizes, offsets, reverse, arr(dxp), arr(dhp), arr(hprev))
+        dx, dw_ih, dw_hh, db_ih, db_hh = reference.shared_weight_grads(
+            x, w_ih, dxp, dhp, hprev, has_bias, ctx.needs_input_grad[0])
+        return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None
+
+
+def run_layer(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None,
+              w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
+              reverse: bool):
+    """One layer, one direction; the signature of rnnkit.engines.reference.run_layer."""
+    if mode == "LSTM":
+        return LSTMSequence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+    if mode == "GRU":
+        out, h_n = GRUSequence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
+        return out, h_n, None
+    nonlinearity = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}[mode]
+    out, h_n = RNNSequence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
+    return out, h_n, None

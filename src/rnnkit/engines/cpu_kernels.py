@@ -1,0 +1,266 @@
+"""Numba-compiled time loops of the CPU engine: forward and hand-derived BPTT per cell family.
+
+The math is rnnkit.cells' step math, the loop is rnnkit.engines.reference's, and the tests
+chain the two. What differs is how it runs:
+
+- the whole time loop is one compiled call, so a step costs no Python or dispatch overhead;
+- each step's recurrent product goes to torch's own BLAS (see blas.py), in place, on the
+  rows of the sequences running at that step (packed batches spend nothing on padding);
+- the gate arithmetic of a step is one fused loop over (sequence, unit) that LLVM vectorises.
+  It vectorises only with error_model="numpy" (Python's model puts a zero-division check on
+  every division) and with activation functions that are plain arithmetic: libm's exp and
+  tanh do not vectorise. float32 therefore uses the rational tanh below; float64 keeps libm
+  so that it matches torch to 1e-10.
+
+Layouts are those of the reference engine: x, xp, out and the caches are packed time-major
+rows (N, .); batch_sizes[t] rows start at offsets[t]; states are (B, .) and rows beyond
+batch_sizes[t] are not touched at step t. State arrays are updated in place: on entry they
+hold the initial state (or, in backward, the gradient at the final state) and on exit the
+final state (the gradient at the initial state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from .blas import gemm
+
+# fastmath without nnan/ninf: a NaN that enters the loop must come out as NaN (no silent repair)
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+KERNEL = dict(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+
+# tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 (beyond, tanh rounds to +-1 in float32). Fitted by
+# iteratively reweighted least squares on relative error: max relative error 5.2e-11 evaluated in
+# float64 (tests/test_cpu_engine.py checks it), far below float32's 6e-8 rounding.
+TANH_P = (1.0, 0.13210027808919785, 0.0031669763917009147, 2.2205019385131047e-06,
+          -2.821192657983773e-07, -1.0454174999497426e-09, -3.798014612208727e-13)
+TANH_Q = (1.0, 0.46543361142253183, 0.024978180522683505, 0.00023871955683006786,
+          -1.9820707213009453e-06, -2.1773391797024717e-08, -2.9559817360012014e-11)
+TANH_CLAMP = 9.0
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def rational_tanh(x):
+    """tanh in plain float64 arithmetic, so a loop of it vectorises; NaN stays NaN."""
+    x = TANH_CLAMP if x > TANH_CLAMP else x
+    x = -TANH_CLAMP if x < -TANH_CLAMP else x
+    s = x * x
+    p = TANH_P[0] + s * (TANH_P[1] + s * (TANH_P[2] + s * (TANH_P[3] + s * (TANH_P[4] + s * (TANH_P[5] + s * TANH_P[6])))))
+    q = TANH_Q[0] + s * (TANH_Q[1] + s * (TANH_Q[2] + s * (TANH_Q[3] + s * (TANH_Q[4] + s * (TANH_Q[5] + s * TANH_Q[6])))))
+    return x * p / q
+
+
+def tanh(x):
+    """Dtype-dispatched tanh for the kernels (implemented by the overload below)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+def sigmoid(x):
+    """Dtype-dispatched logistic sigmoid for the kernels."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(tanh, inline="always", fastmath=FASTMATH)
+def _tanh(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: np.float32(rational_tanh(np.float64(x)))
+    return lambda x: math.tanh(x)
+
+
+@overload(sigmoid, inline="always", fastmath=FASTMATH)
+def _sigmoid(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:  # sigmoid(x) = (1 + tanh(x / 2)) / 2
+        return lambda x: np.float32(0.5 + 0.5 * rational_tanh(0.5 * np.float64(x)))
+    return lambda x: 1.0 / (1.0 + math.exp(-x))
+
+
+@njit(inline="always")
+def step_at(k, num_steps, reverse):
+    """Time index of the k-th step processed."""
+    return num_steps - 1 - k if reverse else k
+
+
+@njit(inline="always")
+def prev_row(t, b, batch_sizes, offsets, reverse):
+    """Packed row holding the state that sequence b started step t from, or -1 for the initial state."""
+    s = t + 1 if reverse else t - 1
+    if 0 <= s < batch_sizes.shape[0] and b < batch_sizes[s]:
+        return offsets[s] + b
+    return -1
+
+
+@njit(inline="always")
+def gather_prev(t, bs, batch_sizes, offsets, reverse, seq, init, dest, off):
+    """dest[off + b] = the state row b started step t from (a row of seq, or of init)."""
+    for b in range(bs):
+        pr = prev_row(t, b, batch_sizes, offsets, reverse)
+        src = seq[pr] if pr >= 0 else init[b]
+        row = dest[off + b]
+        for j in range(row.shape[0]):
+            row[j] = src[j]
+
+
+# ---------------------------------------------------------------- RNN
+
+
+@njit(**KERNEL)
+def rnn_forward(fn, relu, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out, hp):
+    """out (N, H); h (B, H) initial -> final; hp (B, H) scratch."""
+    num_steps, hidden = batch_sizes.shape[0], h.shape[1]
+    one, zero = xp.dtype.type(1), xp.dtype.type(0)
+    for k in range(num_steps):
+        t = step_at(k, num_steps, reverse)
+        bs, off = batch_sizes[t], offsets[t]
+        gemm(fn, True, False, hidden, bs, hidden, one, w_hh, hidden, h, hidden, zero, hp, hidden)  # hp = h W_hh^T
+        for b in range(bs):
+            x_row, h_row, hp_row, o_row = xp[off + b], h[b], hp[b], out[off + b]
+            for j in range(hidden):
+                pre = x_row[j] + hp_row[j] + b_hh[j]
+                v = (pre if pre > zero else zero) if relu else tanh(pre)
+                h_row[j] = v
+                o_row[j] = v
+
+
+@njit(**KERNEL)
+def rnn_backward(fn, relu, w_hh, h0, out, dout, dh, batch_sizes, offsets, reverse, dpre, hprev):
+    """dpre (N, H) = dxp = dhp; hprev (N, H) the state each step started from; dh (B, H) final -> initial."""
+    num_steps, hidden = batch_sizes.shape[0], h0.shape[1]
+    one, zero = out.dtype.type(1), out.dtype.type(0)
+    for k in range(num_steps):
+        t = step_at(k, num_steps, not reverse)  # backward visits the steps in the opposite order
+        bs, off = batch_sizes[t], offsets[t]
+        gather_prev(t, bs, batch_sizes, offsets, reverse, out, h0, hprev, off)
+        for b in range(bs):
+            h_row, do_row, dh_row, d_row = out[off + b], dout[off + b], dh[b], dpre[off + b]
+            for j in range(hidden):
+                g = dh_row[j] + do_row[j]  # from the output at t and from step t+1
+                v = h_row[j]
+                d_row[j] = g * (one if v > zero else zero) if relu else g * (one - v * v)
+        gemm(fn, False, False, hidden, bs, hidden, one, w_hh, hidden, dpre[off:], hidden, zero, dh, hidden)
+
+
+# ---------------------------------------------------------------- LSTM
+
+
+@njit(**KERNEL)
+def lstm_forward(fn, xp, w_hh, b_hh, w_hr, h, c, batch_sizes, offsets, reverse, out, cs, gates, hp, m):
+    """out (N, P), cs (N, H), gates (N, 4H) = [i, f, g, o]; h (B, P), c (B, H) initial -> final;
+    hp (B, 4H) and m (B, H) scratch. w_hr is (P, H), or (0, H) without a projection."""
+    num_steps, hidden, out_size = batch_sizes.shape[0], c.shape[1], h.shape[1]
+    proj = w_hr.shape[0] > 0
+    one, zero = xp.dtype.type(1), xp.dtype.type(0)
+    for k in range(num_steps):
+        t = step_at(k, num_steps, reverse)
+        bs, off = batch_sizes[t], offsets[t]
+        gemm(fn, True, False, 4 * hidden, bs, out_size, one, w_hh, out_size, h, out_size, zero, hp, 4 * hidden)
+        for b in range(bs):
+            x_row, hp_row, g_row, c_row, cs_row, m_row = xp[off + b], hp[b], gates[off + b], c[b], cs[off + b], m[b]
+            for j in range(hidden):
+                i = sigmoid(x_row[j] + hp_row[j] + b_hh[j])
+                f = sigmoid(x_row[hidden + j] + hp_row[hidden + j] + b_hh[hidden + j])
+                g = tanh(x_row[2 * hidden + j] + hp_row[2 * hidden + j] + b_hh[2 * hidden + j])
+                o = sigmoid(x_row[3 * hidden + j] + hp_row[3 * hidden + j] + b_hh[3 * hidden + j])
+                c_new = f * c_row[j] + i * g
+                c_row[j] = c_new
+                cs_row[j] = c_new
+                m_row[j] = o * tanh(c_new)
+                g_row[j], g_row[hidden + j], g_row[2 * hidden + j], g_row[3 * hidden + j] = i, f, g, o
+        if proj:  # h[:bs] = m W_hr^T
+            gemm(fn, True, False, out_size, bs, hidden, one, w_hr, hidden, m, hidden, zero, h, out_size)
+        else:
+            for b in range(bs):
+                h[b, :] = m[b, :]
+        for b in range(bs):
+            out[off + b, :] = h[b, :]
+
+
+@njit(**KERNEL)
+def lstm_backward(fn, w_hh, w_hr, h0, c0, out, cs, gates, dout, dh, dc, batch_sizes, offsets, reverse,
+                  dgates, hprev, dh_total, m_all, dm):
+    """dgates (N, 4H) = dxp = dhp; hprev (N, P); dh_total (N, P) the total gradient at each output;
+    m_all (N, H) the projection's input (written only with a projection); dm (B, H) scratch.
+    dh (B, P) and dc (B, H): gradient at the final states on entry, at the initial states on exit."""
+    num_steps, hidden, out_size = batch_sizes.shape[0], c0.shape[1], h0.shape[1]
+    proj = w_hr.shape[0] > 0
+    one, zero = out.dtype.type(1), out.dtype.type(0)
+    for k in range(num_steps):
+        t = step_at(k, num_steps, not reverse)
+        bs, off = batch_sizes[t], offsets[t]
+        gather_prev(t, bs, batch_sizes, offsets, reverse, out, h0, hprev, off)
+        for b in range(bs):
+            for j in range(out_size):
+                dh_total[off + b, j] = dh[b, j] + dout[off + b, j]  # from the output at t and from step t+1
+        if proj:  # dm = dh_t W_hr
+            gemm(fn, False, False, hidden, bs, out_size, one, w_hr, hidden, dh_total[off:], out_size, zero, dm, hidden)
+        for b in range(bs):
+            pr = prev_row(t, b, batch_sizes, offsets, reverse)
+            c_prev = cs[pr] if pr >= 0 else c0[b]
+            g_row, d_row, cs_row, dc_row = gates[off + b], dgates[off + b], cs[off + b], dc[b]
+            dm_row = dm[b] if proj else dh_total[off + b]
+            for j in range(hidden):
+                i, f, g, o = g_row[j], g_row[hidden + j], g_row[2 * hidden + j], g_row[3 * hidden + j]
+                tc = tanh(cs_row[j])
+                if proj:
+                    m_all[off + b, j] = o * tc
+                d_m = dm_row[j]
+                d_c = dc_row[j] + d_m * o * (one - tc * tc)  # through c_{t+1} and through h_t
+                d_row[j] = d_c * g * i * (one - i)
+                d_row[hidden + j] = d_c * c_prev[j] * f * (one - f)
+                d_row[2 * hidden + j] = d_c * i * (one - g * g)
+                d_row[3 * hidden + j] = d_m * tc * o * (one - o)
+                dc_row[j] = d_c * f
+        gemm(fn, False, False, out_size, bs, 4 * hidden, one, w_hh, out_size, dgates[off:], 4 * hidden, zero, dh,
+             out_size)
+
+
+# ---------------------------------------------------------------- GRU
+
+
+@njit(**KERNEL)
+def gru_forward(fn, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out, cache, hp):
+    """out (N, H); cache (N, 4H) = [r, z, n, W_hn h + b_hn]; h (B, H) initial -> final; hp (B, 3H) scratch."""
+    num_steps, hidden = batch_sizes.shape[0], h.shape[1]
+    one, zero = xp.dtype.type(1), xp.dtype.type(0)
+    for k in range(num_steps):
+        t = step_at(k, num_steps, reverse)
+        bs, off = batch_sizes[t], offsets[t]
+        gemm(fn, True, False, 3 * hidden, bs, hidden, one, w_hh, hidden, h, hidden, zero, hp, 3 * hidden)
+        for b in range(bs):
+            x_row, hp_row, h_row, o_row, k_row = xp[off + b], hp[b], h[b], out[off + b], cache[off + b]
+            for j in range(hidden):
+                r = sigmoid(x_row[j] + hp_row[j] + b_hh[j])
+                z = sigmoid(x_row[hidden + j] + hp_row[hidden + j] + b_hh[hidden + j])
+                h_n = hp_row[2 * hidden + j] + b_hh[2 * hidden + j]
+                n = tanh(x_row[2 * hidden + j] + r * h_n)
+                h_new = n + z * (h_row[j] - n)
+                h_row[j] = h_new
+                o_row[j] = h_new
+                k_row[j], k_row[hidden + j], k_row[2 * hidden + j], k_row[3 * hidden + j] = r, z, n, h_n
+
+
+@njit(**KERNEL)
+def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, reverse, dxp, dhp, hprev):
+    """dxp, dhp (N, 3H); hprev (N, H); dh (B, H) gradient at the final state -> at the initial state."""
+    num_steps, hidden = batch_sizes.shape[0], h0.shape[1]
+    one = out.dtype.type(1)
+    for k in range(num_steps):
+        t = step_at(k, num_steps, not reverse)
+        bs, off = batch_sizes[t], offsets[t]
+        gather_prev(t, bs, batch_sizes, offsets, reverse, out, h0, hprev, off)
+        for b in range(bs):
+            k_row, do_row, dh_row, hp_row = cache[off + b], dout[off + b], dh[b], hprev[off + b]
+            dx_row, dr_row = dxp[off + b], dhp[off + b]
+            for j in range(hidden):
+                r, z, n, h_n = k_row[j], k_row[hidden + j], k_row[2 * hidden + j], k_row[3 * hidden + j]
+                g = dh_row[j] + do_row[j]  # from the output at t and from step t+1
+                da_n = g * (one - z) * (one - n * n)
+                da_r = da_n * h_n * r * (one - r)
+                da_z = g * (hp_row[j] - n) * z * (one - z)
+                dx_row[j], dx_row[hidden + j], dx_row[2 * hidden + j] = da_r, da_z, da_n
+                dr_row[j], dr_row[hidden + j], dr_row[2 * hidden + j] = da_r, da_z, da_n * r
+                dh_row[j] = g * z  # the direct path through z * h
+        gemm(fn, False, False, hidden, bs, 3 * hidden, one, w_hh, hidden, dhp[off:], 3 * hidden, one, dh, hidden)
