@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ def _find(symbol: str) -> int | None:
     return None
 
 
+@lru_cache(maxsize=None)
 def gemm_address(dtype: torch.dtype) -> int | None:
     """Address of sgemm_ (float32) or dgemm_ (float64), or None where torch exports none."""
     return _find({torch.float32: "sgemm_", torch.float64: "dgemm_"}[dtype])
