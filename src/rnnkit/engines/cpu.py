@@ -109,6 +109,11 @@ def weight_grads(x, w_ih, dxp: Tensor, dhp: Tensor, h_prev: Tensor, has_bias: bo
 # ---------------------------------------------------------------- the compiled loops
 
 
+def empty(like: Tensor, *shape: int) -> Tensor:
+    """Every buffer the kernels write to comes from here (tests poison it with NaN: an unwritten element fails)."""
+    return like.new_empty(shape)
+
+
 def np_dtype(t: Tensor):
     return np.float32 if t.dtype == torch.float32 else np.float64
 
@@ -122,7 +127,7 @@ class RNNSequence(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
         sizes, offsets = plan(batch_sizes)
         xp = linear(x, w_ih, b_ih)  # (N, H)
-        out, hp = x.new_empty(xp.shape), x.new_empty(h0.shape)
+        out, hp = empty(x, *xp.shape), empty(x, *h0.shape)
         h = h0.detach().clone(memory_format=torch.contiguous_format)
         kernels().rnn_forward(gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh),
                               bias_or_zeros(b_hh, w_hh.shape[0], x), arr(h), sizes, offsets, reverse, arr(out), arr(hp))
@@ -135,7 +140,7 @@ class RNNSequence(torch.autograd.Function):
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
         batch_sizes, reverse, nonlinearity, has_bias = ctx.config
         sizes, offsets = plan(batch_sizes)
-        dpre, hprev, dh = torch.empty_like(out), torch.empty_like(out), d_h_n.clone(memory_format=torch.contiguous_format)
+        dpre, hprev, dh = empty(x, *out.shape), empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
         kernels().rnn_backward(gemm_fn(x.dtype), nonlinearity == "relu", arr(w_hh), arr(h0), arr(out), arr(d_out),
                                arr(dh), sizes, offsets, reverse, arr(dpre), arr(hprev))
         dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
@@ -150,9 +155,9 @@ class LSTMSequence(torch.autograd.Function):
         hidden = c0.shape[1]
         xp = linear(x, w_ih, b_ih)  # (N, 4H)
         n = x.shape[0]
-        out, cs, gates = x.new_empty(n, h0.shape[1]), x.new_empty(n, hidden), x.new_empty(n, 4 * hidden)
+        out, cs, gates = empty(x, n, h0.shape[1]), empty(x, n, hidden), empty(x, n, 4 * hidden)
         h, c = (s.detach().clone(memory_format=torch.contiguous_format) for s in (h0, c0))
-        hp, m = x.new_empty(h0.shape[0], 4 * hidden), x.new_empty(h0.shape[0], hidden)
+        hp, m = empty(x, h0.shape[0], 4 * hidden), empty(x, h0.shape[0], hidden)
         w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
         kernels().lstm_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 4 * hidden, x), w_hr_,
                                arr(h), arr(c), sizes, offsets, reverse, arr(out), arr(cs), arr(gates), arr(hp), arr(m))
@@ -166,9 +171,9 @@ class LSTMSequence(torch.autograd.Function):
         batch_sizes, reverse, has_bias = ctx.config
         sizes, offsets = plan(batch_sizes)
         hidden = c0.shape[1]
-        dgates, hprev, dh_total = torch.empty_like(gates), torch.empty_like(out), torch.empty_like(out)
-        m_all = x.new_empty(out.shape[0], hidden) if w_hr is not None else x.new_empty(0, hidden)
-        dm = x.new_empty(h0.shape[0], hidden)
+        dgates, hprev, dh_total = empty(x, *gates.shape), empty(x, *out.shape), empty(x, *out.shape)
+        m_all = empty(x, out.shape[0], hidden) if w_hr is not None else empty(x, 0, hidden)
+        dm = empty(x, h0.shape[0], hidden)
         dh, dc = (d.clone(memory_format=torch.contiguous_format) for d in (d_h_n, d_c_n))
         w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
         kernels().lstm_backward(gemm_fn(x.dtype), arr(w_hh), w_hr_, arr(h0), arr(c0), arr(out), arr(cs), arr(gates),
@@ -186,8 +191,8 @@ class GRUSequence(torch.autograd.Function):
         sizes, offsets = plan(batch_sizes)
         hidden = h0.shape[1]
         xp = linear(x, w_ih, b_ih)  # (N, 3H)
-        out, cache = x.new_empty(x.shape[0], hidden), x.new_empty(x.shape[0], 4 * hidden)
-        h, hp = h0.detach().clone(memory_format=torch.contiguous_format), x.new_empty(h0.shape[0], 3 * hidden)
+        out, cache = empty(x, x.shape[0], hidden), empty(x, x.shape[0], 4 * hidden)
+        h, hp = h0.detach().clone(memory_format=torch.contiguous_format), empty(x, h0.shape[0], 3 * hidden)
         kernels().gru_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 3 * hidden, x), arr(h),
                               sizes, offsets, reverse, arr(out), arr(cache), arr(hp))
         ctx.save_for_backward(x, h0, w_ih, w_hh, out, cache)
@@ -200,8 +205,8 @@ class GRUSequence(torch.autograd.Function):
         batch_sizes, reverse, has_bias = ctx.config
         sizes, offsets = plan(batch_sizes)
         hidden = h0.shape[1]
-        dxp, dhp = x.new_empty(out.shape[0], 3 * hidden), x.new_empty(out.shape[0], 3 * hidden)
-        hprev, dh = torch.empty_like(out), d_h_n.clone(memory_format=torch.contiguous_format)
+        dxp, dhp = empty(x, out.shape[0], 3 * hidden), empty(x, out.shape[0], 3 * hidden)
+        hprev, dh = empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
         kernels().gru_backward(gemm_fn(x.dtype), arr(w_hh), arr(h0), arr(out), arr(cache), arr(d_out), arr(dh),
                                sizes, offsets, reverse, arr(dxp), arr(dhp), arr(hprev))
         dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
