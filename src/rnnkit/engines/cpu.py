@@ -122,15 +122,25 @@ def bias_or_zeros(b: Tensor | None, size: int, like: Tensor) -> np.ndarray:
     return arr(b) if b is not None else np.zeros(size, dtype=np_dtype(like))
 
 
+# Each family: a forward function (also the whole of a no-grad call) and an autograd.Function
+# that keeps what its backward needs, the same tensors as the reference engine keeps.
+
+
+def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
+    """Returns out (N, H) and h_n (B, H)."""
+    sizes, offsets = plan(batch_sizes)
+    xp = linear(x, w_ih, b_ih)  # (N, H)
+    out, hp = empty(x, *xp.shape), empty(x, *h0.shape)
+    h = h0.detach().clone(memory_format=torch.contiguous_format)
+    kernels().rnn_forward(gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh),
+                          bias_or_zeros(b_hh, w_hh.shape[0], x), arr(h), sizes, offsets, reverse, arr(out), arr(hp))
+    return out, h
+
+
 class RNNSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
-        sizes, offsets = plan(batch_sizes)
-        xp = linear(x, w_ih, b_ih)  # (N, H)
-        out, hp = empty(x, *xp.shape), empty(x, *h0.shape)
-        h = h0.detach().clone(memory_format=torch.contiguous_format)
-        kernels().rnn_forward(gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh),
-                              bias_or_zeros(b_hh, w_hh.shape[0], x), arr(h), sizes, offsets, reverse, arr(out), arr(hp))
+        out, h = rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
         ctx.save_for_backward(x, h0, w_ih, w_hh, out)
         ctx.config = batch_sizes, reverse, nonlinearity, b_ih is not None
         return out, h
@@ -148,19 +158,25 @@ class RNNSequence(torch.autograd.Function):
         return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None, None
 
 
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    """Returns out (N, P), h_n (B, P), c_n (B, H), and for the backward cs (N, H) and gates (N, 4H)."""
+    sizes, offsets = plan(batch_sizes)
+    hidden = c0.shape[1]
+    xp = linear(x, w_ih, b_ih)  # (N, 4H)
+    n = x.shape[0]
+    out, cs, gates = empty(x, n, h0.shape[1]), empty(x, n, hidden), empty(x, n, 4 * hidden)
+    h, c = (s.detach().clone(memory_format=torch.contiguous_format) for s in (h0, c0))
+    hp, m = empty(x, h0.shape[0], 4 * hidden), empty(x, h0.shape[0], hidden)
+    w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
+    kernels().lstm_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 4 * hidden, x), w_hr_,
+                           arr(h), arr(c), sizes, offsets, reverse, arr(out), arr(cs), arr(gates), arr(hp), arr(m))
+    return out, h, c, cs, gates
+
+
 class LSTMSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-        sizes, offsets = plan(batch_sizes)
-        hidden = c0.shape[1]
-        xp = linear(x, w_ih, b_ih)  # (N, 4H)
-        n = x.shape[0]
-        out, cs, gates = empty(x, n, h0.shape[1]), empty(x, n, hidden), empty(x, n, 4 * hidden)
-        h, c = (s.detach().clone(memory_format=torch.contiguous_format) for s in (h0, c0))
-        hp, m = empty(x, h0.shape[0], 4 * hidden), empty(x, h0.shape[0], hidden)
-        w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
-        kernels().lstm_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 4 * hidden, x), w_hr_,
-                               arr(h), arr(c), sizes, offsets, reverse, arr(out), arr(cs), arr(gates), arr(hp), arr(m))
+        out, h, c, cs, gates = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates)
         ctx.config = batch_sizes, reverse, b_ih is not None
         return out, h, c
@@ -185,16 +201,22 @@ class LSTMSequence(torch.autograd.Function):
         return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
 
 
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
+    """Returns out (N, H), h_n (B, H), and for the backward cache (N, 4H) = [r, z, n, W_hn h + b_hn]."""
+    sizes, offsets = plan(batch_sizes)
+    hidden = h0.shape[1]
+    xp = linear(x, w_ih, b_ih)  # (N, 3H)
+    out, cache = empty(x, x.shape[0], hidden), empty(x, x.shape[0], 4 * hidden)
+    h, hp = h0.detach().clone(memory_format=torch.contiguous_format), empty(x, h0.shape[0], 3 * hidden)
+    kernels().gru_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 3 * hidden, x), arr(h),
+                          sizes, offsets, reverse, arr(out), arr(cache), arr(hp))
+    return out, h, cache
+
+
 class GRUSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
-        sizes, offsets = plan(batch_sizes)
-        hidden = h0.shape[1]
-        xp = linear(x, w_ih, b_ih)  # (N, 3H)
-        out, cache = empty(x, x.shape[0], hidden), empty(x, x.shape[0], 4 * hidden)
-        h, hp = h0.detach().clone(memory_format=torch.contiguous_format), empty(x, h0.shape[0], 3 * hidden)
-        kernels().gru_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 3 * hidden, x), arr(h),
-                              sizes, offsets, reverse, arr(out), arr(cache), arr(hp))
+        out, h, cache = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
         ctx.save_for_backward(x, h0, w_ih, w_hh, out, cache)
         ctx.config = batch_sizes, reverse, b_ih is not None
         return out, h
@@ -217,12 +239,21 @@ class GRUSequence(torch.autograd.Function):
 def run_layer(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None,
               w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
               reverse: bool):
-    """One layer, one direction; the signature of rnnkit.engines.reference.run_layer."""
+    """One layer, one direction; the signature of rnnkit.engines.reference.run_layer.
+
+    Without gradients to compute (inference), the forward runs without an autograd.Function around it.
+    """
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if mode == "LSTM":
+        if not grad:
+            return lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)[:3]
         return LSTMSequence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
     if mode == "GRU":
-        out, h_n = GRUSequence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
+        run = GRUSequence.apply if grad else gru_forward
+        out, h_n = run(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)[:2]
         return out, h_n, None
     nonlinearity = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}[mode]
-    out, h_n = RNNSequence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
+    run = RNNSequence.apply if grad else rnn_forward
+    out, h_n = run(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
     return out, h_n, None
