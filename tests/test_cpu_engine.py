@@ -47,13 +47,20 @@ def layer_inputs(family, batch_sizes, inp, hidden, dtype):
     return x, h0, c0, w
 
 
+@pytest.mark.parametrize("strategy", ["in_loop", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("packing", PACKINGS)
 @pytest.mark.parametrize("family", MODES)
-def test_cpu_engine_matches_reference(family, packing, size, reverse, bias, dtype):
+def test_cpu_engine_matches_reference(family, packing, size, reverse, bias, dtype, strategy, monkeypatch):
+    """Both strategies: the recurrent product inside the compiled loop, or one step at a time from Python
+    (which large float32 steps take; forced here at small sizes by lowering the threshold)."""
+    if strategy == "stepwise":
+        if dtype != torch.float32 or cpu._onednn_linear() is None:
+            pytest.skip("the stepwise strategy is for float32 with oneDNN")
+        monkeypatch.setattr(cpu, "STEPWISE_MIN_MACS", 0)
     batch_sizes = PACKINGS[packing]
     x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr) = layer_inputs(family, batch_sizes, *SIZES[size], dtype)
     if not bias:

@@ -122,6 +122,49 @@ def bias_or_zeros(b: Tensor | None, size: int, like: Tensor) -> np.ndarray:
     return arr(b) if b is not None else np.zeros(size, dtype=np_dtype(like))
 
 
+# A step's recurrent product at least this large goes to oneDNN from a Python loop over steps instead
+# of to BLAS inside the compiled loop: oneDNN runs it about twice as fast here, which repays the
+# ~30 us of Python per step only for large steps (B=64, H=512 LSTM: 67M multiply-adds a step).
+STEPWISE_MIN_MACS = 1 << 24
+
+
+def stepwise(x: Tensor, batch: int, w_hh: Tensor) -> bool:
+    return (x.dtype == torch.float32 and _onednn_linear() is not None
+            and batch * w_hh.shape[0] * w_hh.shape[1] >= STEPWISE_MIN_MACS)
+
+
+def forward_steps(call, hp: Tensor, h: Tensor, w_hh: Tensor, batch_sizes, reverse: bool) -> None:
+    """Run a forward kernel over all steps: call(hp, k0, k1, own_product)."""
+    num_steps = len(batch_sizes)
+    if not stepwise(h, batch_sizes[0], w_hh):
+        call(arr(hp), 0, num_steps, True)
+        return
+    for k in range(num_steps):
+        bs = batch_sizes[num_steps - 1 - k if reverse else k]
+        call(arr(linear(h[:bs], w_hh)), k, k + 1, False)  # hp = h W_hh^T for the running rows
+
+
+def backward_steps(call, dh: Tensor, d_rows: Tensor, w_hh: Tensor, batch_sizes, reverse: bool,
+                   accumulate: bool) -> None:
+    """Run a backward kernel over all steps: call(k0, k1, own_product). Stepwise, the product
+    d_rows_t W_hh that flows to the previous step is formed here and written (or, for GRU, added) to dh."""
+    num_steps = len(batch_sizes)
+    if not stepwise(dh, batch_sizes[0], w_hh):
+        call(0, num_steps, True)
+        return
+    _, offsets = plan(batch_sizes)
+    w_hh_t = w_hh.detach().t().contiguous()  # (P, G*H)
+    for k in range(num_steps):
+        call(k, k + 1, False)
+        t = k if reverse else num_steps - 1 - k  # backward visits the steps in the opposite order
+        bs, off = batch_sizes[t], int(offsets[t])
+        product = linear(d_rows[off:off + bs], w_hh_t)  # (bs, P)
+        if accumulate:
+            dh[:bs] += product
+        else:
+            dh[:bs] = product
+
+
 # Each family: a forward function (also the whole of a no-grad call) and an autograd.Function
 # that keeps what its backward needs, the same tensors as the reference engine keeps.
 
@@ -132,8 +175,9 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearit
     xp = linear(x, w_ih, b_ih)  # (N, H)
     out, hp = empty(x, *xp.shape), empty(x, *h0.shape)
     h = h0.detach().clone(memory_format=torch.contiguous_format)
-    kernels().rnn_forward(gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh),
-                          bias_or_zeros(b_hh, w_hh.shape[0], x), arr(h), sizes, offsets, reverse, arr(out), arr(hp))
+    fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh), bias_or_zeros(b_hh, w_hh.shape[0], x),
+             arr(h), sizes, offsets, reverse, arr(out))
+    forward_steps(lambda hp_, *k: kernels().rnn_forward(*fixed, hp_, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h
 
 
@@ -151,8 +195,9 @@ class RNNSequence(torch.autograd.Function):
         batch_sizes, reverse, nonlinearity, has_bias = ctx.config
         sizes, offsets = plan(batch_sizes)
         dpre, hprev, dh = empty(x, *out.shape), empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
-        kernels().rnn_backward(gemm_fn(x.dtype), nonlinearity == "relu", arr(w_hh), arr(h0), arr(out), arr(d_out),
-                               arr(dh), sizes, offsets, reverse, arr(dpre), arr(hprev))
+        fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(w_hh), arr(h0), arr(out), arr(d_out), arr(dh), sizes,
+                 offsets, reverse, arr(dpre), arr(hprev))
+        backward_steps(lambda *k: kernels().rnn_backward(*fixed, *k), dh, dpre, w_hh, batch_sizes, reverse, False)
         dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
             x, w_ih, dpre, dpre, hprev, has_bias, ctx.needs_input_grad[0])
         return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None, None
@@ -168,8 +213,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
     h, c = (s.detach().clone(memory_format=torch.contiguous_format) for s in (h0, c0))
     hp, m = empty(x, h0.shape[0], 4 * hidden), empty(x, h0.shape[0], hidden)
     w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
-    kernels().lstm_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 4 * hidden, x), w_hr_,
-                           arr(h), arr(c), sizes, offsets, reverse, arr(out), arr(cs), arr(gates), arr(hp), arr(m))
+    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 4 * hidden, x), w_hr_, arr(h), arr(c), sizes,
+             offsets, reverse, arr(out), arr(cs), arr(gates))
+    m_ = arr(m)
+    forward_steps(lambda hp_, *k: kernels().lstm_forward(*fixed, hp_, m_, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h, c, cs, gates
 
 
@@ -192,9 +239,9 @@ class LSTMSequence(torch.autograd.Function):
         dm = empty(x, h0.shape[0], hidden)
         dh, dc = (d.clone(memory_format=torch.contiguous_format) for d in (d_h_n, d_c_n))
         w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
-        kernels().lstm_backward(gemm_fn(x.dtype), arr(w_hh), w_hr_, arr(h0), arr(c0), arr(out), arr(cs), arr(gates),
-                                arr(d_out), arr(dh), arr(dc), sizes, offsets, reverse, arr(dgates), arr(hprev),
-                                arr(dh_total), arr(m_all), arr(dm))
+        fixed = (gemm_fn(x.dtype), arr(w_hh), w_hr_, arr(h0), arr(c0), arr(out), arr(cs), arr(gates), arr(d_out),
+                 arr(dh), arr(dc), sizes, offsets, reverse, arr(dgates), arr(hprev), arr(dh_total), arr(m_all), arr(dm))
+        backward_steps(lambda *k: kernels().lstm_backward(*fixed, *k), dh, dgates, w_hh, batch_sizes, reverse, False)
         dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
             x, w_ih, dgates, dgates, hprev, has_bias, ctx.needs_input_grad[0])
         dw_hr = linear(dh_total.t(), m_all.t()) if w_hr is not None else None  # sum_t dh_t^T m_t  (P, H)
@@ -208,8 +255,9 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
     xp = linear(x, w_ih, b_ih)  # (N, 3H)
     out, cache = empty(x, x.shape[0], hidden), empty(x, x.shape[0], 4 * hidden)
     h, hp = h0.detach().clone(memory_format=torch.contiguous_format), empty(x, h0.shape[0], 3 * hidden)
-    kernels().gru_forward(gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 3 * hidden, x), arr(h),
-                          sizes, offsets, reverse, arr(out), arr(cache), arr(hp))
+    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 3 * hidden, x), arr(h), sizes, offsets,
+             reverse, arr(out), arr(cache))
+    forward_steps(lambda hp_, *k: kernels().gru_forward(*fixed, hp_, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h, cache
 
 
@@ -229,8 +277,9 @@ class GRUSequence(torch.autograd.Function):
         hidden = h0.shape[1]
         dxp, dhp = empty(x, out.shape[0], 3 * hidden), empty(x, out.shape[0], 3 * hidden)
         hprev, dh = empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
-        kernels().gru_backward(gemm_fn(x.dtype), arr(w_hh), arr(h0), arr(out), arr(cache), arr(d_out), arr(dh),
-                               sizes, offsets, reverse, arr(dxp), arr(dhp), arr(hprev))
+        fixed = (gemm_fn(x.dtype), arr(w_hh), arr(h0), arr(out), arr(cache), arr(d_out), arr(dh), sizes, offsets,
+                 reverse, arr(dxp), arr(dhp), arr(hprev))
+        backward_steps(lambda *k: kernels().gru_backward(*fixed, *k), dh, dhp, w_hh, batch_sizes, reverse, True)
         dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
             x, w_ih, dxp, dhp, hprev, has_bias, ctx.needs_input_grad[0])
         return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None

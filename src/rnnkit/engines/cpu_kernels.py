@@ -12,6 +12,11 @@ chain the two. What differs is how it runs:
   tanh do not vectorise. float32 therefore uses the rational tanh below; float64 keeps libm
   so that it matches torch to 1e-10.
 
+Every kernel runs the processing steps k0 <= k < k1 (k counts steps in the order they run).
+With own_product=True it forms each step's recurrent product itself; with False the caller
+runs one step at a time and forms it (forward: fills hp; backward: adds the product to dh
+after the step), which lets large products go to a faster library than the one callable here.
+
 Layouts are those of the reference engine: x, xp, out and the caches are packed time-major
 rows (N, .); batch_sizes[t] rows start at offsets[t]; states are (B, .) and rows beyond
 batch_sizes[t] are not touched at step t. State arrays are updated in place: on entry they
@@ -108,14 +113,15 @@ def gather_prev(t, bs, batch_sizes, offsets, reverse, seq, init, dest, off):
 
 
 @njit(**KERNEL)
-def rnn_forward(fn, relu, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out, hp):
+def rnn_forward(fn, relu, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out, hp, k0, k1, own_product):
     """out (N, H); h (B, H) initial -> final; hp (B, H) scratch."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
     one, zero = xp.dtype.type(1), xp.dtype.type(0)
-    for k in range(num_steps):
+    for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
-        gemm(fn, True, False, hidden, bs, hidden, one, w_hh, hidden, h, hidden, zero, hp, hidden)  # hp = h W_hh^T
+        if own_product:
+            gemm(fn, True, False, hidden, bs, hidden, one, w_hh, hidden, h, hidden, zero, hp, hidden)  # hp = h W_hh^T
         for b in range(bs):
             x_row, h_row, hp_row, o_row = xp[off + b], h[b], hp[b], out[off + b]
             for j in range(hidden):
@@ -126,11 +132,11 @@ def rnn_forward(fn, relu, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out,
 
 
 @njit(**KERNEL)
-def rnn_backward(fn, relu, w_hh, h0, out, dout, dh, batch_sizes, offsets, reverse, dpre, hprev):
+def rnn_backward(fn, relu, w_hh, h0, out, dout, dh, batch_sizes, offsets, reverse, dpre, hprev, k0, k1, own_product):
     """dpre (N, H) = dxp = dhp; hprev (N, H) the state each step started from; dh (B, H) final -> initial."""
     num_steps, hidden = batch_sizes.shape[0], h0.shape[1]
     one, zero = out.dtype.type(1), out.dtype.type(0)
-    for k in range(num_steps):
+    for k in range(k0, k1):
         t = step_at(k, num_steps, not reverse)  # backward visits the steps in the opposite order
         bs, off = batch_sizes[t], offsets[t]
         gather_prev(t, bs, batch_sizes, offsets, reverse, out, h0, hprev, off)
@@ -140,23 +146,26 @@ def rnn_backward(fn, relu, w_hh, h0, out, dout, dh, batch_sizes, offsets, revers
                 g = dh_row[j] + do_row[j]  # from the output at t and from step t+1
                 v = h_row[j]
                 d_row[j] = g * (one if v > zero else zero) if relu else g * (one - v * v)
-        gemm(fn, False, False, hidden, bs, hidden, one, w_hh, hidden, dpre[off:], hidden, zero, dh, hidden)
+        if own_product:  # dh[:bs] = dpre W_hh
+            gemm(fn, False, False, hidden, bs, hidden, one, w_hh, hidden, dpre[off:], hidden, zero, dh, hidden)
 
 
 # ---------------------------------------------------------------- LSTM
 
 
 @njit(**KERNEL)
-def lstm_forward(fn, xp, w_hh, b_hh, w_hr, h, c, batch_sizes, offsets, reverse, out, cs, gates, hp, m):
+def lstm_forward(fn, xp, w_hh, b_hh, w_hr, h, c, batch_sizes, offsets, reverse, out, cs, gates, hp, m, k0, k1,
+                 own_product):
     """out (N, P), cs (N, H), gates (N, 4H) = [i, f, g, o]; h (B, P), c (B, H) initial -> final;
     hp (B, 4H) and m (B, H) scratch. w_hr is (P, H), or (0, H) without a projection."""
     num_steps, hidden, out_size = batch_sizes.shape[0], c.shape[1], h.shape[1]
     proj = w_hr.shape[0] > 0
     one, zero = xp.dtype.type(1), xp.dtype.type(0)
-    for k in range(num_steps):
+    for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
-        gemm(fn, True, False, 4 * hidden, bs, out_size, one, w_hh, out_size, h, out_size, zero, hp, 4 * hidden)
+        if own_product:
+            gemm(fn, True, False, 4 * hidden, bs, out_size, one, w_hh, out_size, h, out_size, zero, hp, 4 * hidden)
         for b in range(bs):
             x_row, hp_row, g_row, c_row, cs_row, m_row = xp[off + b], hp[b], gates[off + b], c[b], cs[off + b], m[b]
             for j in range(hidden):
@@ -180,14 +189,14 @@ def lstm_forward(fn, xp, w_hh, b_hh, w_hr, h, c, batch_sizes, offsets, reverse, 
 
 @njit(**KERNEL)
 def lstm_backward(fn, w_hh, w_hr, h0, c0, out, cs, gates, dout, dh, dc, batch_sizes, offsets, reverse,
-                  dgates, hprev, dh_total, m_all, dm):
+                  dgates, hprev, dh_total, m_all, dm, k0, k1, own_product):
     """dgates (N, 4H) = dxp = dhp; hprev (N, P); dh_total (N, P) the total gradient at each output;
     m_all (N, H) the projection's input (written only with a projection); dm (B, H) scratch.
     dh (B, P) and dc (B, H): gradient at the final states on entry, at the initial states on exit."""
     num_steps, hidden, out_size = batch_sizes.shape[0], c0.shape[1], h0.shape[1]
     proj = w_hr.shape[0] > 0
     one, zero = out.dtype.type(1), out.dtype.type(0)
-    for k in range(num_steps):
+    for k in range(k0, k1):
         t = step_at(k, num_steps, not reverse)
         bs, off = batch_sizes[t], offsets[t]
         gather_prev(t, bs, batch_sizes, offsets, reverse, out, h0, hprev, off)
@@ -213,22 +222,24 @@ def lstm_backward(fn, w_hh, w_hr, h0, c0, out, cs, gates, dout, dh, dc, batch_si
                 d_row[2 * hidden + j] = d_c * i * (one - g * g)
                 d_row[3 * hidden + j] = d_m * tc * o * (one - o)
                 dc_row[j] = d_c * f
-        gemm(fn, False, False, out_size, bs, 4 * hidden, one, w_hh, out_size, dgates[off:], 4 * hidden, zero, dh,
-             out_size)
+        if own_product:  # dh[:bs] = dgates W_hh
+            gemm(fn, False, False, out_size, bs, 4 * hidden, one, w_hh, out_size, dgates[off:], 4 * hidden, zero, dh,
+                 out_size)
 
 
 # ---------------------------------------------------------------- GRU
 
 
 @njit(**KERNEL)
-def gru_forward(fn, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out, cache, hp):
+def gru_forward(fn, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out, cache, hp, k0, k1, own_product):
     """out (N, H); cache (N, 4H) = [r, z, n, W_hn h + b_hn]; h (B, H) initial -> final; hp (B, 3H) scratch."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
     one, zero = xp.dtype.type(1), xp.dtype.type(0)
-    for k in range(num_steps):
+    for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
-        gemm(fn, True, False, 3 * hidden, bs, hidden, one, w_hh, hidden, h, hidden, zero, hp, 3 * hidden)
+        if own_product:
+            gemm(fn, True, False, 3 * hidden, bs, hidden, one, w_hh, hidden, h, hidden, zero, hp, 3 * hidden)
         for b in range(bs):
             x_row, hp_row, h_row, o_row, k_row = xp[off + b], hp[b], h[b], out[off + b], cache[off + b]
             for j in range(hidden):
@@ -243,11 +254,12 @@ def gru_forward(fn, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out, cache
 
 
 @njit(**KERNEL)
-def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, reverse, dxp, dhp, hprev):
+def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, reverse, dxp, dhp, hprev, k0, k1,
+                 own_product):
     """dxp, dhp (N, 3H); hprev (N, H); dh (B, H) gradient at the final state -> at the initial state."""
     num_steps, hidden = batch_sizes.shape[0], h0.shape[1]
     one = out.dtype.type(1)
-    for k in range(num_steps):
+    for k in range(k0, k1):
         t = step_at(k, num_steps, not reverse)
         bs, off = batch_sizes[t], offsets[t]
         gather_prev(t, bs, batch_sizes, offsets, reverse, out, h0, hprev, off)
@@ -263,4 +275,5 @@ def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, rever
                 dx_row[j], dx_row[hidden + j], dx_row[2 * hidden + j] = da_r, da_z, da_n
                 dr_row[j], dr_row[hidden + j], dr_row[2 * hidden + j] = da_r, da_z, da_n * r
                 dh_row[j] = g * z  # the direct path through z * h
-        gemm(fn, False, False, hidden, bs, 3 * hidden, one, w_hh, hidden, dhp[off:], 3 * hidden, one, dh, hidden)
+        if own_product:  # dh[:bs] += dhp W_hh
+            gemm(fn, False, False, hidden, bs, 3 * hidden, one, w_hh, hidden, dhp[off:], 3 * hidden, one, dh, hidden)
