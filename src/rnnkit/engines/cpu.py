@@ -95,14 +95,36 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     return op(x.contiguous(), w.contiguous(), b, "none", [], "")
 
 
+# Rows of the stacked steps per product when summing over steps: oneDNN wants contiguous
+# transposed operands, and copying all steps at once would add a second copy of dgates to the peak.
+SUM_CHUNK_ELEMENTS = 1 << 20
+
+
+def sum_over_steps(a: Tensor, b: Tensor) -> Tensor:
+    """a^T b for (N, M) a and (N, K) b: the sum over all steps (rows) of a_t^T b_t, in row chunks. (M, K)"""
+    rows = max(1, SUM_CHUNK_ELEMENTS // max(a.shape[1], b.shape[1], 1))
+    total = None
+    for start in range(0, a.shape[0], rows):
+        part = linear(a[start:start + rows].t(), b[start:start + rows].t())
+        total = part if total is None else total.add_(part)
+    return total if total is not None else a.new_zeros(a.shape[1], b.shape[1])
+
+
+def input_grads(x, w_ih, dxp: Tensor, has_bias: bool, need_dx: bool):
+    """dx = dXP W_ih, dW_ih = sum_t dxp_t^T x_t, db_ih = sum_t dxp_t (None where not needed)."""
+    dx = linear(dxp, w_ih.t()) if need_dx else None  # (N, I)
+    return dx, sum_over_steps(dxp, x), dxp.sum(0) if has_bias else None
+
+
+def recurrent_grads(dhp: Tensor, h_prev: Tensor, has_bias: bool):
+    """dW_hh = sum_t dhp_t^T h_{t-1}, db_hh = sum_t dhp_t."""
+    return sum_over_steps(dhp, h_prev), dhp.sum(0) if has_bias else None
+
+
 def weight_grads(x, w_ih, dxp: Tensor, dhp: Tensor, h_prev: Tensor, has_bias: bool, need_dx: bool):
     """rnnkit.engines.reference.shared_weight_grads, with the products routed through `linear`."""
-    dx = linear(dxp, w_ih.t()) if need_dx else None  # (N, I)
-    dxp_t = dxp.t().contiguous()  # (G*H, N)
-    dw_ih = linear(dxp_t, x.t())  # sum_t dxp_t^T x_t  (G*H, I)
-    dw_hh = linear(dxp_t if dhp is dxp else dhp.t().contiguous(), h_prev.t())  # sum_t dhp_t^T h_{t-1}
-    db_ih = dxp.sum(0) if has_bias else None
-    db_hh = dhp.sum(0) if has_bias else None
+    dx, dw_ih, db_ih = input_grads(x, w_ih, dxp, has_bias, need_dx)
+    dw_hh, db_hh = recurrent_grads(dhp, h_prev, has_bias)
     return dx, dw_ih, dw_hh, db_ih, db_hh
 
 
@@ -144,10 +166,10 @@ def forward_steps(call, hp: Tensor, h: Tensor, w_hh: Tensor, batch_sizes, revers
         call(arr(linear(h[:bs], w_hh)), k, k + 1, False)  # hp = h W_hh^T for the running rows
 
 
-def backward_steps(call, dh: Tensor, d_rows: Tensor, w_hh: Tensor, batch_sizes, reverse: bool,
+def backward_steps(call, dh: Tensor, step_product, w_hh: Tensor, batch_sizes, reverse: bool,
                    accumulate: bool) -> None:
-    """Run a backward kernel over all steps: call(k0, k1, own_product). Stepwise, the product
-    d_rows_t W_hh that flows to the previous step is formed here and written (or, for GRU, added) to dh."""
+    """Run a backward kernel over all steps: call(k0, k1, own_product). Stepwise, the product that
+    flows to the previous step, step_product(rows, W_hh^T), is formed here and written (for GRU added) to dh."""
     num_steps = len(batch_sizes)
     if not stepwise(dh, batch_sizes[0], w_hh):
         call(0, num_steps, True)
@@ -158,7 +180,7 @@ def backward_steps(call, dh: Tensor, d_rows: Tensor, w_hh: Tensor, batch_sizes, 
         call(k, k + 1, False)
         t = k if reverse else num_steps - 1 - k  # backward visits the steps in the opposite order
         bs, off = batch_sizes[t], int(offsets[t])
-        product = linear(d_rows[off:off + bs], w_hh_t)  # (bs, P)
+        product = step_product(slice(off, off + bs), w_hh_t)  # (bs, P)
         if accumulate:
             dh[:bs] += product
         else:
@@ -197,7 +219,8 @@ class RNNSequence(torch.autograd.Function):
         dpre, hprev, dh = empty(x, *out.shape), empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
         fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(w_hh), arr(h0), arr(out), arr(d_out), arr(dh), sizes,
                  offsets, reverse, arr(dpre), arr(hprev))
-        backward_steps(lambda *k: kernels().rnn_backward(*fixed, *k), dh, dpre, w_hh, batch_sizes, reverse, False)
+        backward_steps(lambda *k: kernels().rnn_backward(*fixed, *k), dh, lambda rows, w_t: linear(dpre[rows], w_t),
+                       w_hh, batch_sizes, reverse, False)
         dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
             x, w_ih, dpre, dpre, hprev, has_bias, ctx.needs_input_grad[0])
         return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None, None
@@ -241,10 +264,11 @@ class LSTMSequence(torch.autograd.Function):
         w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
         fixed = (gemm_fn(x.dtype), arr(w_hh), w_hr_, arr(h0), arr(c0), arr(out), arr(cs), arr(gates), arr(d_out),
                  arr(dh), arr(dc), sizes, offsets, reverse, arr(dgates), arr(hprev), arr(dh_total), arr(m_all), arr(dm))
-        backward_steps(lambda *k: kernels().lstm_backward(*fixed, *k), dh, dgates, w_hh, batch_sizes, reverse, False)
+        backward_steps(lambda *k: kernels().lstm_backward(*fixed, *k), dh,
+                       lambda rows, w_t: linear(dgates[rows], w_t), w_hh, batch_sizes, reverse, False)
         dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
             x, w_ih, dgates, dgates, hprev, has_bias, ctx.needs_input_grad[0])
-        dw_hr = linear(dh_total.t(), m_all.t()) if w_hr is not None else None  # sum_t dh_t^T m_t  (P, H)
+        dw_hr = sum_over_steps(dh_total, m_all) if w_hr is not None else None  # sum_t dh_t^T m_t  (P, H)
         return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
 
 
@@ -275,13 +299,21 @@ class GRUSequence(torch.autograd.Function):
         batch_sizes, reverse, has_bias = ctx.config
         sizes, offsets = plan(batch_sizes)
         hidden = h0.shape[1]
-        dxp, dhp = empty(x, out.shape[0], 3 * hidden), empty(x, out.shape[0], 3 * hidden)
+        dxp, dhp_n = empty(x, out.shape[0], 3 * hidden), empty(x, out.shape[0], hidden)
         hprev, dh = empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
         fixed = (gemm_fn(x.dtype), arr(w_hh), arr(h0), arr(out), arr(cache), arr(d_out), arr(dh), sizes, offsets,
-                 reverse, arr(dxp), arr(dhp), arr(hprev))
-        backward_steps(lambda *k: kernels().gru_backward(*fixed, *k), dh, dhp, w_hh, batch_sizes, reverse, True)
-        dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
-            x, w_ih, dxp, dhp, hprev, has_bias, ctx.needs_input_grad[0])
+                 reverse, arr(dxp), arr(dhp_n), arr(hprev))
+
+        def step_product(rows, w_t):  # dhp W_hh with dhp = [dxp_r, dxp_z, dhp_n]
+            return linear(dxp[rows, :2 * hidden], w_t[:, :2 * hidden]) + linear(dhp_n[rows], w_t[:, 2 * hidden:])
+
+        backward_steps(lambda *k: kernels().gru_backward(*fixed, *k), dh, step_product, w_hh, batch_sizes, reverse,
+                       True)
+        dx, dw_ih, db_ih = input_grads(x, w_ih, dxp, has_bias, ctx.needs_input_grad[0])
+        dw_rz, db_rz = recurrent_grads(dxp[:, :2 * hidden], hprev, has_bias)
+        dw_n, db_n = recurrent_grads(dhp_n, hprev, has_bias)
+        dw_hh = torch.cat([dw_rz, dw_n])
+        db_hh = torch.cat([db_rz, db_n]) if has_bias else None
         return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None
 
 

@@ -254,9 +254,10 @@ def gru_forward(fn, xp, w_hh, b_hh, h, batch_sizes, offsets, reverse, out, cache
 
 
 @njit(**KERNEL)
-def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, reverse, dxp, dhp, hprev, k0, k1,
+def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, reverse, dxp, dhp_n, hprev, k0, k1,
                  own_product):
-    """dxp, dhp (N, 3H); hprev (N, H); dh (B, H) gradient at the final state -> at the initial state."""
+    """dxp (N, 3H); dhp_n (N, H) the n third of dhp (its r and z thirds equal dxp's, so they are not stored
+    twice); hprev (N, H); dh (B, H) gradient at the final state -> at the initial state."""
     num_steps, hidden = batch_sizes.shape[0], h0.shape[1]
     one = out.dtype.type(1)
     for k in range(k0, k1):
@@ -265,7 +266,7 @@ def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, rever
         gather_prev(t, bs, batch_sizes, offsets, reverse, out, h0, hprev, off)
         for b in range(bs):
             k_row, do_row, dh_row, hp_row = cache[off + b], dout[off + b], dh[b], hprev[off + b]
-            dx_row, dr_row = dxp[off + b], dhp[off + b]
+            dx_row, dn_row = dxp[off + b], dhp_n[off + b]
             for j in range(hidden):
                 r, z, n, h_n = k_row[j], k_row[hidden + j], k_row[2 * hidden + j], k_row[3 * hidden + j]
                 g = dh_row[j] + do_row[j]  # from the output at t and from step t+1
@@ -273,7 +274,9 @@ def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, rever
                 da_r = da_n * h_n * r * (one - r)
                 da_z = g * (hp_row[j] - n) * z * (one - z)
                 dx_row[j], dx_row[hidden + j], dx_row[2 * hidden + j] = da_r, da_z, da_n
-                dr_row[j], dr_row[hidden + j], dr_row[2 * hidden + j] = da_r, da_z, da_n * r
+                dn_row[j] = da_n * r
                 dh_row[j] = g * z  # the direct path through z * h
-        if own_product:  # dh[:bs] += dhp W_hh
-            gemm(fn, False, False, hidden, bs, 3 * hidden, one, w_hh, hidden, dhp[off:], 3 * hidden, one, dh, hidden)
+        if own_product:  # dh[:bs] += dhp W_hh = dxp[:, :2H] W_hh[:2H] + dhp_n W_hh[2H:]
+            gemm(fn, False, False, hidden, bs, 2 * hidden, one, w_hh, hidden, dxp[off:], 3 * hidden, one, dh, hidden)
+            gemm(fn, False, False, hidden, bs, hidden, one, w_hh[2 * hidden:], hidden, dhp_n[off:], hidden, one, dh,
+                 hidden)
