@@ -19,27 +19,26 @@ This is a script, not a test; results go to stdout and to a JSON file.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
-import json
-import os
-import platform
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-import rnnkit
-from rnnkit.testing import assert_close
+from common import (
+    build_pair,
+    format_machine,
+    machine_info,
+    make_inputs,
+    make_runner,
+    sanity_check,
+    time_alternating,
+    write_json_atomic,
+)
 
 CELLS = ("LSTM", "GRU", "RNN")
 SHAPES = ((100, 16, 256), (100, 64, 512))  # (T, B, H)
 MODES = ("forward", "train")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "reference.json"
-SEED = 0
 
 # (warm-up rounds, timed rounds) per contender; a round runs each contender once.
 FULL = (3, 20)
@@ -57,95 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_pair(cell: str, hidden: int) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(torch.nn module, rnnkit module) with the same weights."""
-    torch.manual_seed(SEED)
-    kwargs = {"nonlinearity": "tanh"} if cell == "RNN" else {}
-    reference = getattr(torch.nn, cell)(hidden, hidden, **kwargs)
-    candidate = getattr(rnnkit, cell)(hidden, hidden, **kwargs, engine="reference")
-    # strict=True: a renamed or missing parameter must fail loudly, not time a half-loaded model.
-    candidate.load_state_dict(reference.state_dict(), strict=True)
-    return reference, candidate
-
-
-def make_inputs(steps: int, batch: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input x (T, B, H) and upstream gradient g for the output (T, B, H)."""
-    gen = torch.Generator().manual_seed(SEED + 1)
-    x = torch.randn(steps, batch, hidden, generator=gen)
-    # A random gradient, not out.sum(): an all-ones gradient is a special case a kernel could exploit.
-    g = torch.randn(steps, batch, hidden, generator=gen)
-    return x, g
-
-
-# ---------------------------------------------------------------- the work being timed
-
-
-def forward_step(module: torch.nn.Module, x: torch.Tensor):
-    with torch.no_grad():
-        return module(x)
-
-
-def train_step(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor):
-    """Forward and backward; returns (outputs, gradients) so the sanity check can reuse it."""
-    module.zero_grad(set_to_none=True)
-    # The input needs a gradient: in a stacked network every layer but the first must produce dx,
-    # so this times the full backward rather than the cheaper weights-only one.
-    x = x.detach().requires_grad_(True)
-    out, state = module(x)
-    out.backward(g)
-    return (out, state), (x.grad, *(p.grad for p in module.parameters()))
-
-
-def make_runner(mode: str, module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor):
-    if mode == "forward":
-        return lambda: forward_step(module, x)
-    return lambda: train_step(module, x, g)
-
-
-# ---------------------------------------------------------------- correctness before speed
-
-
-def flatten_outputs(result) -> list[torch.Tensor]:
-    out, state = result
-    return [out, *(state if isinstance(state, tuple) else (state,))]
-
-
-def sanity_check(reference: torch.nn.Module, candidate: torch.nn.Module, x: torch.Tensor, g: torch.Tensor,
-                 label: str) -> None:
-    """Raise unless both contenders agree on outputs and gradients: a wrong engine must not get a timing."""
-    outputs = zip(flatten_outputs(forward_step(candidate, x)), flatten_outputs(forward_step(reference, x)), strict=True)
-    for a, e in outputs:
-        assert_close(a, e, "output", f"{label} forward")
-    (_, grads_e), (_, grads_a) = train_step(reference, x, g), train_step(candidate, x, g)
-    for i, (a, e) in enumerate(zip(grads_a, grads_e, strict=True)):
-        assert_close(a, e, "grad", f"{label} gradient #{i}")
-
-
-# ---------------------------------------------------------------- timing
-
-
-def time_once(run) -> float:
-    """Milliseconds for one call."""
-    start = time.perf_counter()
-    run()
-    return (time.perf_counter() - start) * 1e3
-
-
-def time_alternating(runners: dict[str, callable], warmup: int, rounds: int) -> dict[str, float]:
-    """Median ms per contender, running them in turn each round so machine noise is shared."""
-    for _ in range(warmup):  # first calls pay for allocator growth and lazy init
-        for run in runners.values():
-            run()
-    samples = {name: [] for name in runners}
-    gc.collect()
-    gc.disable()  # a collection landing inside one contender's call would bias that sample
-    try:
-        for _ in range(rounds):
-            for name, run in runners.items():
-                samples[name].append(time_once(run))
-    finally:
-        gc.enable()
-    return {name: statistics.median(s) for name, s in samples.items()}
+# ---------------------------------------------------------------- one row
 
 
 def benchmark_row(cell: str, steps: int, batch: int, hidden: int, warmup: int, rounds: int) -> list[dict]:
@@ -164,35 +75,6 @@ def benchmark_row(cell: str, steps: int, batch: int, hidden: int, warmup: int, r
 # ---------------------------------------------------------------- reporting
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # not Linux: platform's answer is vaguer but better than nothing
-    return platform.processor() or platform.machine()
-
-
-def machine_info(threads: int) -> dict:
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "rnnkit": rnnkit.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "threads": threads,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-
-
-def format_machine(info: dict) -> str:
-    return (f"CPU: {info['cpu']}, {info['cores']} cores | torch {info['torch']} | rnnkit {info['rnnkit']} | "
-            f"python {info['python']} | threads {info['threads']} | {info['date']}")
-
-
 def format_table(rows: list[dict]) -> str:
     header = f"{'cell':<5} {'T':>4} {'B':>3} {'H':>4} {'mode':<8} {'torch.nn ms':>12} {'rnnkit ms':>10} {'ratio':>6}"
     lines = [header, "-" * len(header)]
@@ -200,21 +82,6 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['cell']:<5} {r['T']:>4} {r['B']:>3} {r['H']:>4} {r['mode']:<8} "
                      f"{r['torch_ms']:>12.2f} {r['rnnkit_ms']:>10.2f} {r['ratio']:>6.2f}")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write via a temporary file in the same directory and rename, so no reader sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a results file is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------- main
