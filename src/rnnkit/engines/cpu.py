@@ -136,6 +136,13 @@ def empty(like: Tensor, *shape: int) -> Tensor:
     return like.new_empty(shape)
 
 
+def transposed_for_rows(w_hh: Tensor, batch_sizes) -> np.ndarray:
+    """W_hh^T, contiguous, when some step runs a single sequence (see cpu_kernels.row_product); else (0, 0)."""
+    if batch_sizes[-1] == 1 or batch_sizes[0] == 1:
+        return w_hh.detach().t().contiguous().numpy()
+    return np.zeros((0, 0), dtype=np_dtype(w_hh))
+
+
 def np_dtype(t: Tensor):
     return np.float32 if t.dtype == torch.float32 else np.float64
 
@@ -197,7 +204,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearit
     xp = linear(x, w_ih, b_ih)  # (N, H)
     out, hp = empty(x, *xp.shape), empty(x, *h0.shape)
     h = h0.detach().clone(memory_format=torch.contiguous_format)
-    fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh), bias_or_zeros(b_hh, w_hh.shape[0], x),
+    fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh), transposed_for_rows(w_hh, batch_sizes),
+             bias_or_zeros(b_hh, w_hh.shape[0], x),
              arr(h), sizes, offsets, reverse, arr(out))
     forward_steps(lambda hp_, *k: kernels().rnn_forward(*fixed, hp_, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h
@@ -236,8 +244,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
     h, c = (s.detach().clone(memory_format=torch.contiguous_format) for s in (h0, c0))
     hp, m = empty(x, h0.shape[0], 4 * hidden), empty(x, h0.shape[0], hidden)
     w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
-    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 4 * hidden, x), w_hr_, arr(h), arr(c), sizes,
-             offsets, reverse, arr(out), arr(cs), arr(gates))
+    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), transposed_for_rows(w_hh, batch_sizes),
+             bias_or_zeros(b_hh, 4 * hidden, x), w_hr_, arr(h), arr(c), sizes, offsets, reverse, arr(out), arr(cs),
+             arr(gates))
     m_ = arr(m)
     forward_steps(lambda hp_, *k: kernels().lstm_forward(*fixed, hp_, m_, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h, c, cs, gates
@@ -279,8 +288,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
     xp = linear(x, w_ih, b_ih)  # (N, 3H)
     out, cache = empty(x, x.shape[0], hidden), empty(x, x.shape[0], 4 * hidden)
     h, hp = h0.detach().clone(memory_format=torch.contiguous_format), empty(x, h0.shape[0], 3 * hidden)
-    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), bias_or_zeros(b_hh, 3 * hidden, x), arr(h), sizes, offsets,
-             reverse, arr(out), arr(cache))
+    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), transposed_for_rows(w_hh, batch_sizes),
+             bias_or_zeros(b_hh, 3 * hidden, x), arr(h), sizes, offsets, reverse, arr(out), arr(cache))
     forward_steps(lambda hp_, *k: kernels().gru_forward(*fixed, hp_, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h, cache
 
