@@ -47,7 +47,7 @@ def layer_inputs(family, batch_sizes, inp, hidden, dtype):
     return x, h0, c0, w
 
 
-@pytest.mark.parametrize("strategy", ["in_loop", "stepwise"])
+@pytest.mark.parametrize("strategy", ["in_loop", "one_row_product", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -55,8 +55,11 @@ def layer_inputs(family, batch_sizes, inp, hidden, dtype):
 @pytest.mark.parametrize("packing", PACKINGS)
 @pytest.mark.parametrize("family", MODES)
 def test_cpu_engine_matches_reference(family, packing, size, reverse, bias, dtype, strategy, monkeypatch):
-    """Both strategies: the recurrent product inside the compiled loop, or one step at a time from Python
-    (which large float32 steps take; forced here at small sizes by lowering the threshold)."""
+    """Every strategy: the recurrent product inside the compiled loop (BLAS, or the row product that
+    one-row steps take when there are many), or one step at a time from Python (which large float32
+    steps take). Thresholds are lowered to force each at these small sizes."""
+    if strategy == "one_row_product":
+        monkeypatch.setattr(cpu, "MIN_ONE_ROW_STEPS", 1)
     if strategy == "stepwise":
         if dtype != torch.float32 or cpu._onednn_linear() is None:
             pytest.skip("the stepwise strategy is for float32 with oneDNN")
