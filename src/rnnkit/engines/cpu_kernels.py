@@ -124,6 +124,31 @@ def row_product(a, w, c, accumulate):
             c[j] += ak * wk[j]
 
 
+@njit(inline="always")
+def product_from_state(fn, h, w, w_t, hp, bs):
+    """hp[:bs] = h[:bs] W^T for W (G, P): a step's recurrent product (or the LSTM projection).
+
+    w_t is W^T for the row product of one-row steps, or (0, 0) to always call BLAS."""
+    if bs == 1 and w_t.shape[0] > 0:
+        row_product(h[0], w_t, hp[0], False)
+        return
+    g, p = w.shape
+    gemm(fn, True, False, g, bs, p, hp.dtype.type(1), w, p, h, p, hp.dtype.type(0), hp, g)
+
+
+@njit(inline="always")
+def product_to_prev(fn, d, w, dh, bs, accumulate):
+    """dh[:bs] = d[:bs] W (or += it, for GRU's two parts) for W (K, P): the gradient a step sends back.
+
+    d's rows may be longer than K (a column slice), hence the leading dimension from its strides."""
+    if bs == 1:
+        row_product(d[0], w, dh[0], accumulate)
+        return
+    k, p = w.shape
+    beta = dh.dtype.type(1) if accumulate else dh.dtype.type(0)
+    gemm(fn, False, False, p, bs, k, dh.dtype.type(1), w, p, d, d.strides[0] // d.itemsize, beta, dh, p)
+
+
 # ---------------------------------------------------------------- RNN
 
 
@@ -131,14 +156,12 @@ def row_product(a, w, c, accumulate):
 def rnn_forward(fn, relu, xp, w_hh, w_hh_t, b_hh, h, batch_sizes, offsets, reverse, out, hp, k0, k1, own_product):
     """out (N, H); h (B, H) initial -> final; hp (B, H) scratch; w_hh_t = W_hh^T for one-row steps, or (0, 0)."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
-    one, zero = xp.dtype.type(1), xp.dtype.type(0)
+    zero = xp.dtype.type(0)
     for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
-        if own_product and bs == 1 and w_hh_t.shape[0] > 0:
-            row_product(h[0], w_hh_t, hp[0], False)
-        elif own_product:
-            gemm(fn, True, False, hidden, bs, hidden, one, w_hh, hidden, h, hidden, zero, hp, hidden)  # hp = h W_hh^T
+        if own_product:
+            product_from_state(fn, h, w_hh, w_hh_t, hp, bs)
         for b in range(bs):
             x_row, h_row, hp_row, o_row = xp[off + b], h[b], hp[b], out[off + b]
             for j in range(hidden):
@@ -163,10 +186,8 @@ def rnn_backward(fn, relu, w_hh, h0, out, dout, dh, batch_sizes, offsets, revers
                 g = dh_row[j] + do_row[j]  # from the output at t and from step t+1
                 v = h_row[j]
                 d_row[j] = g * (one if v > zero else zero) if relu else g * (one - v * v)
-        if own_product and bs == 1:
-            row_product(dpre[off], w_hh, dh[0], False)
-        elif own_product:  # dh[:bs] = dpre W_hh
-            gemm(fn, False, False, hidden, bs, hidden, one, w_hh, hidden, dpre[off:], hidden, zero, dh, hidden)
+        if own_product:
+            product_to_prev(fn, dpre[off:], w_hh, dh, bs, False)
 
 
 # ---------------------------------------------------------------- LSTM
@@ -177,16 +198,13 @@ def lstm_forward(fn, xp, w_hh, w_hh_t, b_hh, w_hr, h, c, batch_sizes, offsets, r
                  own_product):
     """out (N, P), cs (N, H), gates (N, 4H) = [i, f, g, o]; h (B, P), c (B, H) initial -> final;
     hp (B, 4H) and m (B, H) scratch. w_hr is (P, H), or (0, H) without a projection."""
-    num_steps, hidden, out_size = batch_sizes.shape[0], c.shape[1], h.shape[1]
+    num_steps, hidden = batch_sizes.shape[0], c.shape[1]
     proj = w_hr.shape[0] > 0
-    one, zero = xp.dtype.type(1), xp.dtype.type(0)
     for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
-        if own_product and bs == 1 and w_hh_t.shape[0] > 0:
-            row_product(h[0], w_hh_t, hp[0], False)
-        elif own_product:
-            gemm(fn, True, False, 4 * hidden, bs, out_size, one, w_hh, out_size, h, out_size, zero, hp, 4 * hidden)
+        if own_product:
+            product_from_state(fn, h, w_hh, w_hh_t, hp, bs)
         for b in range(bs):
             x_row, hp_row, g_row, c_row, cs_row, m_row = xp[off + b], hp[b], gates[off + b], c[b], cs[off + b], m[b]
             for j in range(hidden):
@@ -200,7 +218,7 @@ def lstm_forward(fn, xp, w_hh, w_hh_t, b_hh, w_hr, h, c, batch_sizes, offsets, r
                 m_row[j] = o * tanh(c_new)
                 g_row[j], g_row[hidden + j], g_row[2 * hidden + j], g_row[3 * hidden + j] = i, f, g, o
         if proj:  # h[:bs] = m W_hr^T
-            gemm(fn, True, False, out_size, bs, hidden, one, w_hr, hidden, m, hidden, zero, h, out_size)
+            product_from_state(fn, m, w_hr, w_hr[:0, :0], h, bs)
         else:
             for b in range(bs):
                 h[b, :] = m[b, :]
@@ -216,7 +234,7 @@ def lstm_backward(fn, w_hh, w_hr, h0, c0, out, cs, gates, dout, dh, dc, batch_si
     dh (B, P) and dc (B, H): gradient at the final states on entry, at the initial states on exit."""
     num_steps, hidden, out_size = batch_sizes.shape[0], c0.shape[1], h0.shape[1]
     proj = w_hr.shape[0] > 0
-    one, zero = out.dtype.type(1), out.dtype.type(0)
+    one = out.dtype.type(1)
     for k in range(k0, k1):
         t = step_at(k, num_steps, not reverse)
         bs, off = batch_sizes[t], offsets[t]
@@ -225,7 +243,7 @@ def lstm_backward(fn, w_hh, w_hr, h0, c0, out, cs, gates, dout, dh, dc, batch_si
             for j in range(out_size):
                 dh_total[off + b, j] = dh[b, j] + dout[off + b, j]  # from the output at t and from step t+1
         if proj:  # dm = dh_t W_hr
-            gemm(fn, False, False, hidden, bs, out_size, one, w_hr, hidden, dh_total[off:], out_size, zero, dm, hidden)
+            product_to_prev(fn, dh_total[off:], w_hr, dm, bs, False)
         for b in range(bs):
             pr = prev_row(t, b, batch_sizes, offsets, reverse)
             c_prev = cs[pr] if pr >= 0 else c0[b]
@@ -243,11 +261,8 @@ def lstm_backward(fn, w_hh, w_hr, h0, c0, out, cs, gates, dout, dh, dc, batch_si
                 d_row[2 * hidden + j] = d_c * i * (one - g * g)
                 d_row[3 * hidden + j] = d_m * tc * o * (one - o)
                 dc_row[j] = d_c * f
-        if own_product and bs == 1:
-            row_product(dgates[off], w_hh, dh[0], False)
-        elif own_product:  # dh[:bs] = dgates W_hh
-            gemm(fn, False, False, out_size, bs, 4 * hidden, one, w_hh, out_size, dgates[off:], 4 * hidden, zero, dh,
-                 out_size)
+        if own_product:
+            product_to_prev(fn, dgates[off:], w_hh, dh, bs, False)
 
 
 # ---------------------------------------------------------------- GRU
@@ -257,14 +272,11 @@ def lstm_backward(fn, w_hh, w_hr, h0, c0, out, cs, gates, dout, dh, dc, batch_si
 def gru_forward(fn, xp, w_hh, w_hh_t, b_hh, h, batch_sizes, offsets, reverse, out, cache, hp, k0, k1, own_product):
     """out (N, H); cache (N, 4H) = [r, z, n, W_hn h + b_hn]; h (B, H) initial -> final; hp (B, 3H) scratch."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
-    one, zero = xp.dtype.type(1), xp.dtype.type(0)
     for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
-        if own_product and bs == 1 and w_hh_t.shape[0] > 0:
-            row_product(h[0], w_hh_t, hp[0], False)
-        elif own_product:
-            gemm(fn, True, False, 3 * hidden, bs, hidden, one, w_hh, hidden, h, hidden, zero, hp, 3 * hidden)
+        if own_product:
+            product_from_state(fn, h, w_hh, w_hh_t, hp, bs)
         for b in range(bs):
             x_row, hp_row, h_row, o_row, k_row = xp[off + b], hp[b], h[b], out[off + b], cache[off + b]
             for j in range(hidden):
@@ -301,10 +313,6 @@ def gru_backward(fn, w_hh, h0, out, cache, dout, dh, batch_sizes, offsets, rever
                 dx_row[j], dx_row[hidden + j], dx_row[2 * hidden + j] = da_r, da_z, da_n
                 dn_row[j] = da_n * r
                 dh_row[j] = g * z  # the direct path through z * h
-        if own_product and bs == 1:
-            row_product(dxp[off, :2 * hidden], w_hh[:2 * hidden], dh[0], True)
-            row_product(dhp_n[off], w_hh[2 * hidden:], dh[0], True)
-        elif own_product:  # dh[:bs] += dhp W_hh = dxp[:, :2H] W_hh[:2H] + dhp_n W_hh[2H:]
-            gemm(fn, False, False, hidden, bs, 2 * hidden, one, w_hh, hidden, dxp[off:], 3 * hidden, one, dh, hidden)
-            gemm(fn, False, False, hidden, bs, hidden, one, w_hh[2 * hidden:], hidden, dhp_n[off:], hidden, one, dh,
-                 hidden)
+        if own_product:  # dh[:bs] += dhp W_hh = dxp[:, :2H] W_hh[:2H] + dhp_n W_hh[2H:]
+            product_to_prev(fn, dxp[off:, :2 * hidden], w_hh[:2 * hidden], dh, bs, True)
+            product_to_prev(fn, dhp_n[off:], w_hh[2 * hidden:], dh, bs, True)
