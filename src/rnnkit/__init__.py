@@ -9,4 +9,4 @@ from . import engines
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "engines"]

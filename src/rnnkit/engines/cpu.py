@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import reference
 
 DTYPES = (torch.float32, torch.float64)
 
