@@ -34,7 +34,7 @@ from .synthetic import (
     copy_memory_baseline,
     split_generators,
 )
-from .text import detokenize, file_text, fortunes_text, stdlib_files, stdlib_text, tokenize
+from .text import detokenize, file_text, fortunes_text, split_fortunes, stdlib_files, stdlib_text, tokenize
 from .ucr import read_ts, ucr_dataset, ucr_names
 from .vocab import UNK, Vocab
 
@@ -44,6 +44,6 @@ __all__ = [
     "adding_problem", "batches", "batchify", "collate", "copy_memory", "copy_memory_baseline",
     "describe_sources", "detokenize", "encode_labels", "epoch_order", "fashion_mnist", "file_text",
     "fortunes_text", "movie_reviews", "movie_reviews_split", "num_batches", "parse_idx", "read_idx",
-    "read_ts", "source", "split_generators", "split_stream", "stdlib_files", "stdlib_text",
+    "read_ts", "source", "split_fortunes", "split_generators", "split_stream", "stdlib_files", "stdlib_text",
     "stratified_split", "text_label_file", "tokenize", "ucr_dataset", "ucr_names",
 ]

@@ -81,18 +81,30 @@ def stdlib_text(max_chars: int | None = None, seed: int = 0, root: str | os.Path
     return text
 
 
-def fortunes_text(root: str | os.PathLike | None = None) -> str:
-    """Every fortune quote, stripped, joined by blank lines.
+def split_fortunes(raw: str) -> list[str]:
+    r"""The quotes of one fortune file: a line holding only '%' ends a quote.
 
-    Quotes are separated by a line holding only '%' in the fortune files.
+    Split by lines, not by "\n%\n": files contain empty quotes ('%' twice in a
+    row), whose separators overlap.
+
+    >>> split_fortunes("%\nOne.\n%\n%\nTwo,\n  lines.\n%\n")
+    ['One.', 'Two,\n  lines.']
     """
+    quotes, current = [], []
+    for line in raw.splitlines():
+        if line.rstrip() == "%":
+            quotes.append("\n".join(current).strip())
+            current = []
+        else:
+            current.append(line)
+    quotes.append("\n".join(current).strip())
+    return [q for q in quotes if q]
+
+
+def fortunes_text(root: str | os.PathLike | None = None) -> str:
+    """Every fortune quote, stripped, joined by blank lines (files in sorted order)."""
     folder = Path(root) if root is not None else SOURCES["fortunes"].require()
-    quotes = []
-    for f in fortune_files(folder):
-        raw = f.read_bytes().decode("utf-8", errors="replace")
-        # Normalise the file's edges so a leading or trailing '%' line splits too.
-        quotes.extend(q.strip() for q in ("\n" + raw + "\n").split("\n%\n"))
-    quotes = [q for q in quotes if q and q != "%"]
+    quotes = [q for f in fortune_files(folder) for q in split_fortunes(f.read_bytes().decode("utf-8", errors="replace"))]
     if not quotes:
         raise DataError(f"found no fortune quotes in {folder}; reinstall with: apt-get install fortunes")
     return "\n\n".join(quotes)
