@@ -65,6 +65,4 @@ def read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8"
-        ) from e
+        raise DataError(f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8") from e

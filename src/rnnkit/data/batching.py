@@ -46,11 +46,15 @@ class SequenceDataset:
         if not self.sequences:
             raise DataError("the data set is empty; check the data file or split")
         if len(self.labels) != len(self.sequences):
-            raise DataError(f"{len(self.sequences)} sequences but {len(self.labels)} labels; they must match one to one")
+            raise DataError(
+                f"{len(self.sequences)} sequences but {len(self.labels)} labels; they must match one to one"
+            )
         tail = self.sequences[0].shape[1:]
         for i, s in enumerate(self.sequences):
             if s.dim() == 0 or len(s) == 0:
-                raise DataError(f"example {i} is empty (length 0); remove it, a recurrent layer needs at least one step")
+                raise DataError(
+                    f"example {i} is empty (length 0); remove it, a recurrent layer needs at least one step"
+                )
             if s.shape[1:] != tail:
                 raise DataError(
                     f"example {i} has features {tuple(s.shape[1:])}, example 0 has {tuple(tail)}; all must match"
@@ -79,8 +83,7 @@ def _check_batch_size(n: int, batch_size: int, what: str) -> None:
         raise DataError(f"batch size must be at least 1, got {batch_size}; pass --batch-size 1 or more")
     if batch_size > n:
         raise DataError(
-            f"batch size {batch_size} is larger than the {n} examples in the {what}; "
-            f"pass --batch-size {n} or less"
+            f"batch size {batch_size} is larger than the {n} examples in the {what}; pass --batch-size {n} or less"
         )
 
 
@@ -147,7 +150,9 @@ def batches(
     _check_batch_size(n, batch_size, what)
     total = num_batches(n, batch_size, drop_last)
     if not 0 <= start <= total:
-        raise DataError(f"cannot start at batch {start}: an epoch has {total} batches; the checkpoint may be from another data set")
+        raise DataError(
+            f"cannot start at batch {start}: an epoch has {total} batches; the checkpoint may be from another data set"
+        )
     if not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is outside a world of {world_size} processes")
     order = epoch_order(n, shuffle, seed, epoch)
@@ -168,7 +173,7 @@ def stratified_split(labels: Sequence, fraction: float, seed: int) -> tuple[list
     """
     if not 0 < fraction < 1:
         raise DataError(f"the held-out fraction must be between 0 and 1, got {fraction}")
-    keys = [l.item() if isinstance(l, torch.Tensor) else l for l in labels]
+    keys = [k.item() if isinstance(k, torch.Tensor) else k for k in labels]
     n = len(keys)
     classes = sorted(set(keys), key=lambda c: (str(type(c)), c))
     members = {c: [i for i, k in enumerate(keys) if k == c] for c in classes}
@@ -196,6 +201,7 @@ def encode_labels(labels: Sequence[str]) -> tuple[list[int], list[str]]:
     >>> encode_labels(["10", "2", "2", "1"])
     ([2, 1, 1, 0], ['1', '2', '10'])
     """
+
     def key(c: str):
         try:
             return (0, float(c), c)

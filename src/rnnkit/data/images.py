@@ -23,8 +23,16 @@ IDX_TYPES = {
 }
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FASHION_PREFIX = {"train": "train", "test": "t10k"}
 
@@ -36,11 +44,15 @@ def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
     [[7, 8, 9]]
     """
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
-        raise DataError(f"{name} is not an IDX file (magic {raw[:4].hex() or 'missing'}, expected 0000 then a type byte and ndim)")
+        raise DataError(
+            f"{name} is not an IDX file (magic {raw[:4].hex() or 'missing'}, expected 0000 then a type byte and ndim)"
+        )
     dtype, ndim = IDX_TYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{name} is truncated: {len(raw)} bytes cannot hold its {ndim}-dimension header; reinstall the file")
+        raise DataError(
+            f"{name} is truncated: {len(raw)} bytes cannot hold its {ndim}-dimension header; reinstall the file"
+        )
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
@@ -67,9 +79,16 @@ def fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tuple[np
     images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DataError(f"{folder}: expected uint8 images of 28x28, found {images.dtype} {images.shape}; reinstall dataset-fashion-mnist")
+        raise DataError(
+            f"{folder}: expected uint8 images of 28x28, found {images.dtype} {images.shape}; "
+            "reinstall dataset-fashion-mnist"
+        )
     if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(f"{folder}: {len(images)} images but labels of shape {labels.shape}; reinstall dataset-fashion-mnist")
+        raise DataError(
+            f"{folder}: {len(images)} images but labels of shape {labels.shape}; reinstall dataset-fashion-mnist"
+        )
     if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise DataError(f"{folder}: label {int(labels.max())} is outside the 10 classes; reinstall dataset-fashion-mnist")
+        raise DataError(
+            f"{folder}: label {int(labels.max())} is outside the 10 classes; reinstall dataset-fashion-mnist"
+        )
     return images, labels.astype(np.int64)

@@ -105,7 +105,9 @@ def _json_rows(text: str, p: Path):
         except json.JSONDecodeError as e:
             raise DataError(f"{p}, line {n}: not valid JSON ({e.msg}); write one JSON object per line") from None
         if not isinstance(obj, dict):
-            raise DataError(f"{p}, line {n}: expected a JSON object, found {type(obj).__name__}; write one object per line")
+            raise DataError(
+                f"{p}, line {n}: expected a JSON object, found {type(obj).__name__}; write one object per line"
+            )
         rows.append((n, obj))
     return rows
 

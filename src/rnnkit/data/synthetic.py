@@ -82,7 +82,8 @@ def copy_memory(
     """
     if n < 1 or delay < 1 or symbols < 1 or length < 1:
         raise DataError(
-            f"copy memory needs n, delay, symbols and length >= 1, got n={n}, delay={delay}, symbols={symbols}, length={length}"
+            "copy memory needs n, delay, symbols and length >= 1, "
+            f"got n={n}, delay={delay}, symbols={symbols}, length={length}"
         )
     steps = length + delay + length
     seq = torch.randint(1, symbols + 1, (n, length), generator=generator)

@@ -72,9 +72,7 @@ def stdlib_text(max_chars: int | None = None, seed: int = 0, root: str | os.Path
             raise DataError(f"max_chars must be positive, got {max_chars}; pass a size such as 1000000")
         files = sorted(_choose_files(files, max_chars, seed), key=files.index)
         if not files:
-            raise DataError(
-                f"no standard-library file fits in {max_chars} characters; pass a larger max_chars"
-            )
+            raise DataError(f"no standard-library file fits in {max_chars} characters; pass a larger max_chars")
     text = "".join(f.read_bytes().decode("utf-8", errors="ignore") + FILE_SEPARATOR for f in files)
     if not text.strip():
         raise DataError(f"found no .py files under {root or SOURCES['stdlib'].location()}; check the Python install")
@@ -104,7 +102,9 @@ def split_fortunes(raw: str) -> list[str]:
 def fortunes_text(root: str | os.PathLike | None = None) -> str:
     """Every fortune quote, stripped, joined by blank lines (files in sorted order)."""
     folder = Path(root) if root is not None else SOURCES["fortunes"].require()
-    quotes = [q for f in fortune_files(folder) for q in split_fortunes(f.read_bytes().decode("utf-8", errors="replace"))]
+    quotes = [
+        q for f in fortune_files(folder) for q in split_fortunes(f.read_bytes().decode("utf-8", errors="replace"))
+    ]
     if not quotes:
         raise DataError(f"found no fortune quotes in {folder}; reinstall with: apt-get install fortunes")
     return "\n\n".join(quotes)
@@ -156,12 +156,6 @@ def detokenize(tokens: list[str], level: str) -> str:
         raise DataError(f"unknown tokenization level {level!r}; use 'char' or 'word'")
     out: list[str] = []
     for tok in tokens:
-        glue = (
-            not out
-            or tok == "\n"
-            or out[-1] == "\n"
-            or tok in _NO_SPACE_BEFORE
-            or out[-1] in _NO_SPACE_AFTER
-        )
+        glue = not out or tok == "\n" or out[-1] == "\n" or tok in _NO_SPACE_BEFORE or out[-1] in _NO_SPACE_AFTER
         out.append(tok if glue else " " + tok)
     return "".join(out)

@@ -104,9 +104,14 @@ def read_ts(path: str | os.PathLike) -> tuple[list[np.ndarray], list[str]]:
         x, label = _parse_example(line, has_label, where)
         channels = dims or (seqs[0].shape[1] if seqs else x.shape[1])
         if x.shape[1] != channels:
-            raise DataError(f"{where}: expected {channels} channels, found {x.shape[1]}; every example needs the same channels")
+            raise DataError(
+                f"{where}: expected {channels} channels, found {x.shape[1]}; every example needs the same channels"
+            )
         if allowed is not None and label not in allowed:
-            raise DataError(f"{where}: label {label!r} is not among the declared classes {sorted(allowed)}; fix the label or the @classLabel line")
+            raise DataError(
+                f"{where}: label {label!r} is not among the declared classes {sorted(allowed)}; "
+                "fix the label or the @classLabel line"
+            )
         seqs.append(x)
         labels.append(label)
     if not in_data:
@@ -133,9 +138,7 @@ def ucr_names(root: str | os.PathLike | None = None) -> list[str]:
     )
 
 
-def ucr_dataset(
-    name: str, split: str, root: str | os.PathLike | None = None
-) -> tuple[list[np.ndarray], list[str]]:
+def ucr_dataset(name: str, split: str, root: str | os.PathLike | None = None) -> tuple[list[np.ndarray], list[str]]:
     """`<name>/<name>_TRAIN.ts` or `_TEST.ts` from the UCR source (name matched case-insensitively)."""
     if split.lower() not in SPLITS:
         raise DataError(f"unknown split {split!r} for a UCR data set; use 'train' or 'test'")

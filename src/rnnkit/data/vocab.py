@@ -102,7 +102,9 @@ class Vocab:
         for i in ids:
             i = int(i)
             if not 0 <= i < len(self.itos):
-                raise DataError(f"id {i} is outside the vocabulary of {len(self)} tokens; check the model's output size")
+                raise DataError(
+                    f"id {i} is outside the vocabulary of {len(self)} tokens; check the model's output size"
+                )
             out.append(self.itos[i])
         return out
 
@@ -112,6 +114,12 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocab":
-        if not isinstance(d, dict) or not isinstance(d.get("itos"), list) or not all(isinstance(t, str) for t in d["itos"]):
-            raise DataError("the stored vocabulary is malformed (expected {'itos': [str, ...]}); the run folder may be damaged")
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("itos"), list)
+            or not all(isinstance(t, str) for t in d["itos"])
+        ):
+            raise DataError(
+                "the stored vocabulary is malformed (expected {'itos': [str, ...]}); the run folder may be damaged"
+            )
         return cls(d["itos"], d.get("specials", [UNK]))
