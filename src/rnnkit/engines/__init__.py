@@ -4,10 +4,13 @@ All engines share the signature of `reference.run_layer`:
 
     reference  a readable loop over time with the hand-derived BPTT; runs anywhere; the ground truth
     cpu        the same algorithm with the time loops compiled by Numba (float32, float64 CPU tensors)
+    triton     the same algorithm as Triton GPU kernels, each step's recurrent product fused with its gate
+               arithmetic (float32, bfloat16, float16 CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
 
 `select` is the one place that chooses between them. An engine asked for by name runs or
 raises an error saying why it cannot; "auto" takes the fastest engine that applies to the
-input, and every engine gives the reference engine's results within rnnkit.testing's tolerances.
+input (triton for CUDA tensors, cpu for CPU tensors, else reference), and every engine
+gives the reference engine's results within rnnkit.testing's tolerances.
 
 The choice can be made per layer (`engine=` on rnnkit.LSTM and friends) and globally:
 
@@ -22,9 +25,9 @@ import contextvars
 
 from torch import Tensor
 
-from . import cpu, reference
+from . import cpu, reference, triton
 
-ENGINES = {"reference": reference, "cpu": cpu}
+ENGINES = {"reference": reference, "cpu": cpu, "triton": triton}
 ENGINE_NAMES = ("auto", *ENGINES)
 
 # what engine="auto" means right now; "auto" lets select decide per input
@@ -48,7 +51,11 @@ def select(name: str, x: Tensor):
     if name == "auto":
         name = _auto_engine.get()
     if name == "auto":
-        name = "cpu" if why_not("cpu", x) is None else "reference"
+        # triton only for CUDA tensors: under TRITON_INTERPRET=1 it could take CPU tensors, but slowly
+        if x.device.type == "cuda" and why_not("triton", x) is None:
+            name = "triton"
+        else:
+            name = "cpu" if why_not("cpu", x) is None else "reference"
     reason = why_not(name, x)
     if reason is not None:
         raise RuntimeError(f"engine {name!r} cannot run here: {reason}")
