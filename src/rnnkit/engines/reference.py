@@ -43,6 +43,7 @@ and kept by reference):
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import torch
@@ -111,7 +112,39 @@ def bptt_backward(step_backward, d_out_steps, d_final: tuple[Tensor, ...], new_s
         dxp[t], dhp[t], d_prev = step_backward(d_new, new_steps[t], prev_steps[t], caches[t])
         dh_total[t] = d_new[0]
         d_state = tuple(merge_rows(d, s) for d, s in zip(d_prev, d_state, strict=True))
+    if _step_grad_log is not None:
+        _step_grad_log.append({"reverse": reverse, "norms": torch.stack([d.norm(dim=1).mean() for d in dh_total])})
     return dxp, dhp, dh_total, d_state
+
+
+# While record_step_grads() is active, every BPTT run appends here. A plain global, not a
+# context variable: autograd may run the backward outside the caller's context.
+_step_grad_log: list | None = None
+
+
+@contextlib.contextmanager
+def record_step_grads():
+    """Collect ||dL/dh_t|| for every time step of every backward run by this engine inside the block.
+
+    Yields a list that fills with one dict per layer and direction, in the order the backward
+    visits them (top layer first): {"reverse": bool, "norms": (T,) tensor}, where norms[t] is
+    the mean over the sequences running at step t of the norm of the total gradient reaching
+    h_t: from the loss at t plus from step t+1. This is the diagnostic torch.nn cannot give,
+    and the vanishing gradient of a tanh RNN shows in it directly.
+
+    >>> layer = torch.nn.RNN(3, 4)
+    >>> out, _ = RNNSequence.apply(torch.randn(10, 3), torch.zeros(2, 4), *layer.all_weights[0], (2,) * 5, False, "tanh")
+    >>> with record_step_grads() as log:
+    ...     out.backward(torch.randn_like(out))
+    >>> log[0]["norms"].shape
+    torch.Size([5])
+    """
+    global _step_grad_log
+    outer, _step_grad_log = _step_grad_log, []
+    try:
+        yield _step_grad_log
+    finally:
+        _step_grad_log = outer
 
 
 # ---------------------------------------------------------------- products over all steps

@@ -50,9 +50,10 @@ class LanguageModelTask:
         if len(tokens) < 100:
             raise DataError(f"the corpus has {len(tokens)} {self.level} tokens; a language model needs at least 100")
         n_train = int(len(tokens) * 0.9)
-        # characters: every symbol of the corpus; words: those seen twice in training, the rest <unk>
-        self.vocab = vocab or Vocab.build(tokens if self.level == "char" else tokens[:n_train],
-                                          min_count=1 if self.level == "char" else 2)
+        # words: those seen twice in training, the rest <unk>
+        if vocab is None and self.level == "char":  # closed: every character of the corpus, no <unk>
+            vocab = Vocab.build(tokens, specials=())
+        self.vocab = vocab or Vocab.build(tokens[:n_train], min_count=2)
         self.streams = dict(zip(("train", "valid", "test"), split_stream(self.vocab.encode(tokens))))
         self.k1, self.k2 = truncation(config)
         self.train_columns = batchify(self.streams["train"], config.train.batch_size).t().contiguous()  # (B, L)

@@ -64,6 +64,7 @@ class TrainConfig:
     bptt_back: int = option(0, "lm: truncated BPTT, steps backpropagated k2 >= k1 (0: k1)")
     patience: int = option(0, "stop after this many evaluations without improvement (0: never)")
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
+    max_minutes: float = option(0.0, "stop training after this many minutes (0: no limit)")
     eval_every: int = option(0, "evaluate every this many steps as well as after each epoch (0: epochs only)")
     checkpoint_every: int = option(200, "write the checkpoint every this many steps (and at each evaluation)")
     max_bad_steps: int = option(10, "stop when this many steps in a row have a non-finite loss or gradient")

@@ -222,11 +222,15 @@ class Trainer:
     # ------------------------------------------------------------ the loop
 
     def done(self) -> bool:
-        return self.epoch >= self.cfg.epochs or (self.cfg.max_steps and self.step >= self.cfg.max_steps)
+        return (self.epoch >= self.cfg.epochs or bool(self.cfg.max_steps and self.step >= self.cfg.max_steps)
+                or self.out_of_time())
+
+    def out_of_time(self) -> bool:
+        return bool(self.cfg.max_minutes) and time.perf_counter() - self.started > 60 * self.cfg.max_minutes
 
     def fit(self) -> dict[str, float]:
         """Train until the epochs, max_steps or patience run out; return the test metrics of the best weights."""
-        stop = False
+        stop, self.started = False, time.perf_counter()
         try:
             while not self.done() and not stop:
                 stop = self.run_epoch()
@@ -263,7 +267,7 @@ class Trainer:
                     return True
             if self.step % self.cfg.checkpoint_every == 0:
                 self.save()
-            if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+            if (self.cfg.max_steps and self.step >= self.cfg.max_steps) or self.out_of_time():
                 break
         bar.close()
         if self.position >= n:  # the epoch is complete: the next starts at its first batch with a fresh state
@@ -292,11 +296,12 @@ def amp_dtype(amp: str):
 
 
 def to_device(obj, device):
-    if obj is None:
-        return None
+    """Tensors in (nested) tuples and lists moved to device; anything else (None, a Window) as it is."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
-    return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, (tuple, list)) and not hasattr(obj, "_fields"):
+        return type(obj)(to_device(o, device) for o in obj)
+    return obj
 
 
 class _NoBar:

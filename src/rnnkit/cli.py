@@ -1,0 +1,224 @@
+"""rnnkit's command line: a thin layer over rnnkit.train and rnnkit.tasks.
+
+    rnnkit demo                         char-level LSTM on the standard library, then gradient flow
+    rnnkit train TASK [options]         train; writes one run folder (rnnkit train --help lists tasks)
+    rnnkit eval RUN [--split test]      metrics of a run's best weights
+    rnnkit generate RUN --prompt TEXT   continue text with a trained language model
+    rnnkit gradflow                     ||dL/dh_t|| against distance for RNN, LSTM and GRU
+    rnnkit datasets                     which data sets this machine has, and how to install the rest
+
+Training options are generated from the config dataclasses (rnnkit.train.config), so every
+subcommand spells them the same way. Errors a user can fix print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from . import demo as demo_module
+from .data import DataError, Vocab, describe_sources
+from .tasks import TASKS, gradflow, make_task
+from .tasks.lm import generate as lm_generate
+from .tasks.models import LanguageModel
+from .train import checkpoint as ckpt
+from .train.checkpoint import CheckpointError
+from .train.config import SECTIONS, RunConfig
+from .train.runlog import default_name
+from .train.trainer import Trainer, TrainingError
+
+USER_ERRORS = (DataError, CheckpointError, TrainingError, ValueError, OSError)
+
+
+# ---------------------------------------------------------------- options from dataclasses
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip=("task",)) -> None:
+    """One --option per config field; defaults stay None so only what the user typed overrides."""
+    for section, kind in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} options")
+        for f in dataclasses.fields(kind):
+            if f.name in skip:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{f.metadata['help']} (default: {f.default})"
+            if isinstance(f.default, bool):
+                group.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction,
+                                   default=None, help=help_text)
+            else:
+                group.add_argument(flag, dest=f"{section}.{f.name}", type=type(f.default), default=None,
+                                   choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
+
+
+def given_options(args: argparse.Namespace) -> dict[str, dict]:
+    """{section: {field: value}} for the options present on the command line."""
+    out = {s: {} for s in SECTIONS}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            section, name = key.split(".", 1)
+            out[section][name] = value
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    given = given_options(args)
+    given["task"]["task"] = args.task
+    return RunConfig.from_dict(given)
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_train(args) -> None:
+    if args.resume:
+        extra = {k for section in given_options(args).values() for k in section} - {"epochs", "max_steps"}
+        if extra or args.task:
+            raise ValueError("--resume continues a run with its own config.json; only --epochs and --max-steps "
+                             f"may be given with it (got {', '.join(sorted(extra)) or args.task})")
+        folder = args.resume
+        config = load_config(folder)
+        config.train = dataclasses.replace(config.train, **given_options(args)["train"])
+    else:
+        if not args.task:
+            raise ValueError(f"name a task: rnnkit train TASK, with TASK one of {', '.join(TASKS)}")
+        config = config_from_args(args)
+        folder = args.out or os.path.join("runs", default_name(config.task.task, config.model.cell))
+        if os.path.exists(os.path.join(folder, "checkpoint.pt")):
+            raise ValueError(f"{folder} already holds a run; continue it with --resume {folder} or pick another --out")
+    task = make_task(config)
+    trainer = Trainer(task, config, folder, resume=bool(args.resume), progress=not args.no_progress)
+    trainer.fit()
+    if trainer.rank == 0:
+        print(f"run folder: {folder}")
+
+
+def load_config(folder: str) -> RunConfig:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{folder} is not a run folder (no config.json); pass the folder rnnkit train wrote")
+    with open(path) as f:
+        return RunConfig.from_dict(json.load(f))
+
+
+def load_weights(folder: str, model) -> dict:
+    """Load the run's best weights (or its latest checkpoint) into model; returns the checkpoint dict."""
+    best = os.path.join(folder, "best.pt")
+    path = best if os.path.exists(best) else os.path.join(folder, "checkpoint.pt")
+    state = ckpt.load(path)
+    ckpt.check_model_matches(model, state["model"], path)
+    model.load_state_dict(state["model"])
+    return state
+
+
+def cmd_eval(args) -> None:
+    config = load_config(args.run)
+    task = make_task(config)
+    model = task.build_model()
+    load_weights(args.run, model)
+    model.eval()
+    import torch
+
+    with torch.no_grad():
+        metrics = task.evaluate(model, args.split)
+    print(f"{args.split}  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+
+def cmd_generate(args) -> None:
+    config = load_config(args.run)
+    if config.task.task != "lm":
+        raise ValueError(f"{args.run} is a {config.task.task!r} run; generate needs a language model (rnnkit train lm)")
+    task_state = ckpt.load(os.path.join(args.run, "checkpoint.pt"))["task"]
+    vocab = Vocab.from_dict(task_state["vocab"])
+    model = LanguageModel(config.model, len(vocab))
+    load_weights(args.run, model)
+    text = lm_generate(model, vocab, task_state["level"], args.prompt, args.length, method=args.method,
+                       temperature=args.temperature, top_k=args.top_k, beam=args.beam, seed=args.seed)
+    print(args.prompt + text)
+
+
+def cmd_gradflow(args) -> None:
+    results = gradflow.run(length=args.length, steps=args.steps, hidden=args.hidden, seed=args.seed,
+                           progress=not args.no_progress)
+    for path in gradflow.save(results, args.out):
+        print(f"wrote {path}")
+
+
+def cmd_datasets(args) -> None:
+    for name, available, where, description in describe_sources():
+        mark = "yes" if available else "no "
+        print(f"{mark}  {name:14s} {description}\n     {'at ' if available else 'install: '}{where}")
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnkit", description="Train and inspect recurrent networks (RNN, LSTM, GRU).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="char-level LSTM on the standard library, then gradient flow (about 2 minutes)")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's runs and plots")
+    p.add_argument("--quick", action="store_true", help="a few seconds of each part (for tests)")
+    p.set_defaults(func=lambda a: demo_module.main(a.out, a.quick))
+
+    tasks = "\n".join(f"  {name:14s} {desc}" for name, (_, desc) in TASKS.items())
+    p = sub.add_parser("train", help="train a model on a task", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"tasks:\n{tasks}")
+    p.add_argument("task", nargs="?", choices=list(TASKS), metavar="TASK", help="the task (listed above)")
+    p.add_argument("--out", help="run folder (default: runs/TASK-CELL-TIME)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's best weights")
+    p.add_argument("run", metavar="RUN", help="a run folder written by rnnkit train")
+    p.add_argument("--split", default="test", choices=("valid", "test"), help="which split (default: test)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="continue a prompt with a trained language model")
+    p.add_argument("run", metavar="RUN", help="a run folder of rnnkit train lm")
+    p.add_argument("--prompt", required=True, help="text to continue; every character must be in the vocabulary")
+    p.add_argument("--length", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--method", default="sample", choices=("sample", "greedy", "beam"), help="decoding (default: sample)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    p.add_argument("--beam", type=int, default=4, help="beam width for --method beam (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("gradflow", help="plot ||dL/dh_t|| against distance for RNN, LSTM and GRU")
+    p.add_argument("--length", type=int, default=100, help="adding-problem length T (default: 100)")
+    p.add_argument("--steps", type=int, default=400, help="training steps per cell (default: 400)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden units (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", default="runs/gradflow", help="folder for gradflow.png and gradflow.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_gradflow)
+
+    p = sub.add_parser("datasets", help="which data sets this machine has, and the install command for the rest")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        if os.environ.get("RNNKIT_DEBUG"):
+            raise
+        print(f"rnnkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnkit: interrupted; the last checkpoint is intact (resume with rnnkit train --resume RUN)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
