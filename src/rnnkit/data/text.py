@@ -16,8 +16,9 @@ from .errors import DataError
 from .sources import SOURCES, fortune_files
 
 # Folders of the stdlib that are not "the standard library's source" for our
-# purpose: test suites (huge, repetitive) and third-party installs.
-SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+# purpose: test suites (huge, repetitive), third-party installs, and the codec
+# tables of encodings/ (generated character maps, not code a model should learn).
+SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "encodings"})
 
 # Between files, so the model sees a boundary and sizes are easy to account for.
 FILE_SEPARATOR = "\n"
