@@ -69,6 +69,21 @@ def mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def narrow(x, ptr, UPCAST: tl.constexpr):
+    """float32 x in the element type of ptr, rounded to nearest even.
+
+    The interpreter (UPCAST) truncates float32 to bfloat16 (and turns some tiny values into the
+    smallest normal number); round here instead, as the GPU does: add half a unit of the dropped
+    bits (ties to even) and clear them, so the conversion is exact. inf and NaN pass unchanged.
+    """
+    if UPCAST and ptr.dtype.element_ty == tl.bfloat16:
+        u = x.to(tl.uint32, bitcast=True)
+        rounded = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        x = tl.where(tl.abs(x) < float("inf"), rounded, x)
+    return x.to(ptr.dtype.element_ty)
+
+
+@triton.jit
 def grid_barrier(sync_ptr, count):
     """Wait until every program has arrived here `count` times in all (count = barriers passed so far + 1).
 
@@ -176,7 +191,7 @@ def rnn_forward(xp_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, out_ptr, h_n_ptr, sizes_ptr,
                 h = tl.where(pre > 0, pre, 0.0)  # where, not maximum: a NaN pre-activation stays NaN
             else:
                 h = tanh(pre)
-            h = h.to(out_ptr.dtype.element_ty)
+            h = narrow(h, out_ptr, UPCAST)
             tl.store(out_ptr + row_offsets(off, rows, H, cols), h, mask=mask)
             tl.store(h_n_ptr + row_offsets(0, rows, H, cols), h, mask=mask)  # the last step a row runs wins
         if SYNC:  # step t+1 reads every column of h_t
@@ -211,7 +226,7 @@ def rnn_backward(w_hh_ptr, out_ptr, d_out_ptr, d_state_ptr, dpre_ptr, sizes_ptr,
                 dpre = tl.where(h > 0, dh, 0.0)  # relu'(pre) = [h > 0]
             else:
                 dpre = dh * (1.0 - h * h)  # tanh'(pre) = 1 - h^2
-            tl.store(dpre_ptr + row_offsets(off, rows, H, cols), dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+            tl.store(dpre_ptr + row_offsets(off, rows, H, cols), narrow(dpre, dpre_ptr, UPCAST), mask=mask)
         if SYNC:  # the product reads every column of dpre_t
             grid_barrier(sync_ptr, k - k0 + 1)
         if DO_PRODUCT and active:
@@ -297,11 +312,11 @@ def lstm_forward(xp_ptr, w_hh_ptr, b_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr,
             tl.store(gates_ptr + row_offsets(off, rows, 4 * H, 2 * H + cols), g, mask=mask)
             tl.store(gates_ptr + row_offsets(off, rows, 4 * H, 3 * H + cols), o, mask=mask)
             tl.store(cs_ptr + row_offsets(off, rows, H, cols), c, mask=mask)
-            tl.store(c_n_ptr + row_offsets(0, rows, H, cols), c.to(c_n_ptr.dtype.element_ty), mask=mask)
+            tl.store(c_n_ptr + row_offsets(0, rows, H, cols), narrow(c, c_n_ptr, UPCAST), mask=mask)
             if HAS_PROJ:
-                tl.store(m_ptr + row_offsets(off, rows, H, cols), m.to(m_ptr.dtype.element_ty), mask=mask)
+                tl.store(m_ptr + row_offsets(off, rows, H, cols), narrow(m, m_ptr, UPCAST), mask=mask)
             else:
-                m = m.to(out_ptr.dtype.element_ty)
+                m = narrow(m, out_ptr, UPCAST)
                 tl.store(out_ptr + row_offsets(off, rows, H, cols), m, mask=mask)
                 tl.store(h_n_ptr + row_offsets(0, rows, H, cols), m, mask=mask)
         if SYNC and HAS_PROJ:  # the projection reads every column of m_t
@@ -311,7 +326,7 @@ def lstm_forward(xp_ptr, w_hh_ptr, b_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr,
             h = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
             h = gate_product(h, m_ptr, m_ptr, w_hr_ptr, off, bs, rows, row_mask, cols, p_mask, H,
                              PRECISION, UPCAST, BLOCK_K)  # m_t W_hr^T; prev_tile reads step t's own rows (all < bs)
-            h = h.to(out_ptr.dtype.element_ty)
+            h = narrow(h, out_ptr, UPCAST)
             pmask = row_mask[:, None] & p_mask[None, :]
             tl.store(out_ptr + row_offsets(off, rows, P, cols), h, mask=pmask)
             tl.store(h_n_ptr + row_offsets(0, rows, P, cols), h, mask=pmask)
@@ -354,7 +369,7 @@ def lstm_backward(w_hh_ptr, w_hr_ptr, c0_ptr, cs_ptr, gates_ptr, d_out_ptr, d_st
             if DO_TOTAL and active and tl.program_id(1) * BLOCK_H < P:
                 dh = tl.load(d_state_ptr + row_offsets(0, rows, P, cols), mask=pmask, other=0.0)
                 dh += tl.load(d_out_ptr + row_offsets(off, rows, P, cols), mask=pmask, other=0.0).to(tl.float32)
-                tl.store(dh_total_ptr + row_offsets(off, rows, P, cols), dh.to(dh_total_ptr.dtype.element_ty),
+                tl.store(dh_total_ptr + row_offsets(off, rows, P, cols), narrow(dh, dh_total_ptr, UPCAST),
                          mask=pmask)
             if SYNC:  # dm reads every column of dh_t
                 grid_barrier(sync_ptr, 2 * (k - k0) + 1)
@@ -375,12 +390,11 @@ def lstm_backward(w_hh_ptr, w_hr_ptr, c0_ptr, cs_ptr, gates_ptr, d_out_ptr, d_st
             tc = tanh(c)
             do = dm * tc
             dc = tl.load(dc_state_ptr + row_offsets(0, rows, H, cols), mask=mask, other=0.0) + dm * o * (1.0 - tc * tc)
-            dt = dgates_ptr.dtype.element_ty
-            tl.store(dgates_ptr + row_offsets(off, rows, 4 * H, 0 * H + cols), (dc * g * i * (1.0 - i)).to(dt), mask=mask)
-            tl.store(dgates_ptr + row_offsets(off, rows, 4 * H, 1 * H + cols), (dc * c_prev * f * (1.0 - f)).to(dt),
+            tl.store(dgates_ptr + row_offsets(off, rows, 4 * H, 0 * H + cols), narrow(dc * g * i * (1.0 - i), dgates_ptr, UPCAST), mask=mask)
+            tl.store(dgates_ptr + row_offsets(off, rows, 4 * H, 1 * H + cols), narrow(dc * c_prev * f * (1.0 - f), dgates_ptr, UPCAST),
                      mask=mask)
-            tl.store(dgates_ptr + row_offsets(off, rows, 4 * H, 2 * H + cols), (dc * i * (1.0 - g * g)).to(dt), mask=mask)
-            tl.store(dgates_ptr + row_offsets(off, rows, 4 * H, 3 * H + cols), (do * o * (1.0 - o)).to(dt), mask=mask)
+            tl.store(dgates_ptr + row_offsets(off, rows, 4 * H, 2 * H + cols), narrow(dc * i * (1.0 - g * g), dgates_ptr, UPCAST), mask=mask)
+            tl.store(dgates_ptr + row_offsets(off, rows, 4 * H, 3 * H + cols), narrow(do * o * (1.0 - o), dgates_ptr, UPCAST), mask=mask)
             tl.store(dc_state_ptr + row_offsets(0, rows, H, cols), dc * f, mask=mask)
         if SYNC:  # the product reads every column of dgates_t
             if HAS_PROJ:
@@ -438,7 +452,7 @@ def gru_forward(xp_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, out_ptr, cache_ptr, h_n_ptr,
             z = sigmoid(x_z + h_z)
             n = tanh(x_n + r * h_n)  # r gates the recurrent term with its bias
             h_prev = prev_tile(out_ptr, h0_ptr, off_prev, bs_prev, rows, cols, H, mask).to(tl.float32)
-            h = (n + z * (h_prev - n)).to(out_ptr.dtype.element_ty)
+            h = narrow(n + z * (h_prev - n), out_ptr, UPCAST)
             tl.store(cache_ptr + row_offsets(off, rows, 4 * H, 0 * H + cols), r, mask=mask)
             tl.store(cache_ptr + row_offsets(off, rows, 4 * H, 1 * H + cols), z, mask=mask)
             tl.store(cache_ptr + row_offsets(off, rows, 4 * H, 2 * H + cols), n, mask=mask)
@@ -482,13 +496,12 @@ def gru_backward(w_hh_ptr, h0_ptr, out_ptr, cache_ptr, d_out_ptr, d_state_ptr, d
             h_n = tl.load(cache_ptr + row_offsets(off, rows, 4 * H, 3 * H + cols), mask=mask, other=0.0)
             h_prev = prev_tile(out_ptr, h0_ptr, off_prev, bs_prev, rows, cols, H, mask).to(tl.float32)
             da_n = dh * (1.0 - z) * (1.0 - n * n)
-            dt = dxp_ptr.dtype.element_ty
-            tl.store(dxp_ptr + row_offsets(off, rows, 3 * H, 0 * H + cols), (da_n * h_n * r * (1.0 - r)).to(dt),
+            tl.store(dxp_ptr + row_offsets(off, rows, 3 * H, 0 * H + cols), narrow(da_n * h_n * r * (1.0 - r), dxp_ptr, UPCAST),
                      mask=mask)
             tl.store(dxp_ptr + row_offsets(off, rows, 3 * H, 1 * H + cols),
-                     (dh * (h_prev - n) * z * (1.0 - z)).to(dt), mask=mask)
-            tl.store(dxp_ptr + row_offsets(off, rows, 3 * H, 2 * H + cols), da_n.to(dt), mask=mask)
-            tl.store(dhp_n_ptr + row_offsets(off, rows, H, cols), (da_n * r).to(dt), mask=mask)
+                     narrow(dh * (h_prev - n) * z * (1.0 - z), dxp_ptr, UPCAST), mask=mask)
+            tl.store(dxp_ptr + row_offsets(off, rows, 3 * H, 2 * H + cols), narrow(da_n, dxp_ptr, UPCAST), mask=mask)
+            tl.store(dhp_n_ptr + row_offsets(off, rows, H, cols), narrow(da_n * r, dhp_n_ptr, UPCAST), mask=mask)
             tl.store(d_state_ptr + row_offsets(0, rows, H, cols), dh * z, mask=mask)
         if SYNC:  # the product reads every column of dhp_t
             grid_barrier(sync_ptr, k - k0 + 1)
