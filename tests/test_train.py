@@ -1,0 +1,244 @@
+"""The trainer: truncated BPTT, bit-identical resume, non-finite steps, clipping, early stopping, checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from rnnkit.tasks import make_task
+from rnnkit.tasks.lm import LanguageModelTask
+from rnnkit.testing import assert_close
+from rnnkit.train import checkpoint as ckpt
+from rnnkit.train import tbptt
+from rnnkit.train.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
+from rnnkit.train.trainer import Trainer, TrainingError
+
+TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200))
+SHORT_TEXT = TEXT[:800]  # 4 columns of 200 steps: 12 windows of 16 per epoch
+
+
+def lm_config(**train) -> RunConfig:
+    return RunConfig(task=TaskConfig(task="lm"), model=ModelConfig(cell="lstm", hidden=12, embed=8, dropout=0.2),
+                     train=TrainConfig(**{"epochs": 2, "batch_size": 4, "bptt": 16, "lr": 3e-3, **train}))
+
+
+def adding_config(**train) -> RunConfig:
+    return RunConfig(task=TaskConfig(task="adding", length=12, examples=96), model=ModelConfig(cell="gru", hidden=8,
+                     dropout=0.1, layers=2), train=TrainConfig(**{"epochs": 2, "batch_size": 16, "lr": 3e-3, **train}))
+
+
+def quiet(*args) -> None:
+    pass
+
+
+def final_weights(task, config, folder, **kw) -> dict:
+    trainer = Trainer(task, config, folder, progress=False, print_fn=quiet, **kw)
+    trainer.fit()
+    return trainer.model.state_dict()
+
+
+# ---------------------------------------------------------------- truncated BPTT
+
+
+@pytest.mark.parametrize("length,k1,k2", [(10, 4, 4), (10, 4, 6), (9, 3, 9), (7, 10, 10), (1, 1, 1)],
+                         ids=["tiled", "overlap", "k2-covers-all", "one-window", "one-step"])
+def test_windows_score_every_step_once_and_carry_from_the_next_start(length, k1, k2):
+    ws = tbptt.windows(length, k1, k2)
+    scored = [t for w in ws for t in range(w.loss_start, w.end)]
+    assert scored == list(range(length))
+    for w, nxt in zip(ws, ws[1:]):
+        assert w.carry_at == nxt.start  # the carried state is exactly the next window's initial state
+        assert nxt.end - nxt.start <= k2 and w.start <= w.carry_at <= w.end
+
+
+def test_windows_reject_k2_below_k1():
+    with pytest.raises(ValueError, match="k1 <= k2"):
+        tbptt.windows(10, 5, 3)
+
+
+def lm_grads(model, x, y, window, state) -> tuple[list[torch.Tensor], object]:
+    model.zero_grad()
+    logits, carried = tbptt.run_window(model, x, window, state)
+    logits.flatten(0, 1).mul(torch.randn(logits.numel(), generator=torch.Generator().manual_seed(1))
+                              .view(-1, logits.shape[-1])).sum().backward()  # random upstream gradient
+    return [p.grad.clone() for p in model.parameters()], carried
+
+
+def test_truncated_bptt_equals_full_bptt_when_one_window_covers_the_sequence():
+    task = LanguageModelTask(lm_config(bptt=200), text=TEXT)
+    torch.manual_seed(0)
+    model = task.build_model().double().eval()
+    x = task.train_columns[:, :200]
+    (window,) = tbptt.windows(x.shape[1], 200, 200)
+    got, _ = lm_grads(model, x, None, window, None)
+    model.zero_grad()
+    logits, _ = model(x)  # full BPTT, no windows
+    logits.flatten(0, 1).mul(torch.randn(logits.numel(), generator=torch.Generator().manual_seed(1))
+                              .view(-1, logits.shape[-1])).sum().backward()
+    for g, p in zip(got, model.parameters()):
+        assert_close(g, p.grad, kind="grad", what="TBPTT with one window vs full BPTT")
+
+
+def test_overlapping_window_backpropagates_k2_steps_from_the_carried_state():
+    """TBPTT(k1=4, k2=10): the window starts at the carried state 6 steps before its scored part."""
+    task = LanguageModelTask(lm_config(), text=TEXT)
+    torch.manual_seed(0)
+    model = task.build_model().double().eval()
+    x = task.train_columns[:, :30]
+    ws = tbptt.windows(30, 4, 10)
+    carried = None
+    for w in ws[:3]:  # carry through the first windows as training does
+        _, carried = tbptt.run_window(model, x, w, carried)
+    w = ws[3]
+    got, _ = lm_grads(model, x, None, w, carried)
+    # by hand: the state before w.start from an uninterrupted forward, detached; then k2 steps with gradient
+    with torch.no_grad():
+        _, state = model(x[:, :w.start])
+    model.zero_grad()
+    logits, _ = model(x[:, w.start:w.end], state)
+    scored = logits[:, w.loss_start - w.start:]
+    scored.flatten(0, 1).mul(torch.randn(scored.numel(), generator=torch.Generator().manual_seed(1))
+                             .view(-1, scored.shape[-1])).sum().backward()
+    assert (w.start, w.loss_start, w.end) == (6, 12, 16)
+    for g, p in zip(got, model.parameters()):
+        assert_close(g, p.grad, kind="grad", what="TBPTT(4, 10) window vs by hand")
+
+
+# ---------------------------------------------------------------- resume
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(task, step: int):
+    """Make task.loss raise when the trainer reaches optimizer step `step` (a kill, as far as the run can tell)."""
+    loss, calls = task.loss, [0]
+
+    def killing_loss(*args):
+        calls[0] += 1
+        if calls[0] == step:
+            raise Interrupt
+        return loss(*args)
+
+    task.loss = killing_loss
+
+
+@pytest.mark.parametrize("kind,kill_at", [("lm", 6), ("lm", 13), ("adding", 5), ("adding", 9)],
+                         ids=["lm-mid-epoch", "lm-next-epoch", "adding-mid-epoch", "adding-after-epoch"])
+def test_a_killed_run_resumes_to_the_bit_identical_result(tmp_path, kind, kill_at):
+    config = (lm_config if kind == "lm" else adding_config)(checkpoint_every=2, schedule="cosine")
+    make = (lambda: LanguageModelTask(config, text=SHORT_TEXT)) if kind == "lm" else (lambda: make_task(config))
+    straight = final_weights(make(), config, str(tmp_path / "straight"))
+
+    task = make()
+    interrupt_at(task, kill_at)
+    with pytest.raises(Interrupt):
+        final_weights(task, config, str(tmp_path / "killed"))
+    resumed = final_weights(make(), config, str(tmp_path / "killed"), resume=True)
+
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    steps = lambda run: [r.split(",")[0] for r in open(tmp_path / run / "metrics.csv").read().splitlines()[1:]]
+    assert steps("straight") == steps("killed")  # the log holds no row twice after a resume
+
+
+# ---------------------------------------------------------------- non-finite steps, clipping, early stopping
+
+
+def poison(task, bad_steps: set[int]):
+    """Make the loss NaN at the given (1-based) calls."""
+    loss, calls = task.loss, [0]
+
+    def nan_loss(*args):
+        calls[0] += 1
+        value, count, carry = loss(*args)
+        return (value * float("nan") if calls[0] in bad_steps else value), count, carry
+
+    task.loss = nan_loss
+
+
+def test_a_non_finite_loss_skips_the_step_and_says_so(tmp_path):
+    config = adding_config(epochs=1, max_steps=4)
+    task = make_task(config)
+    poison(task, {2})
+    messages = []
+    trainer = Trainer(task, config, str(tmp_path / "run"), progress=False, print_fn=messages.append)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step(next(iter(task.batches(0, 0))))
+    after_one = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.train_step(next(iter(task.batches(0, 1)))) is None
+    assert any("skipped" in m and "nan" in m for m in messages)
+    for k in before:
+        assert torch.equal(after_one[k], trainer.model.state_dict()[k]), k  # the skipped step changed nothing
+    assert any(not torch.equal(before[k], after_one[k]) for k in before)  # while the good step did change weights
+
+
+def test_a_run_that_keeps_diverging_stops_and_keeps_the_good_checkpoint(tmp_path):
+    config = adding_config(epochs=3, checkpoint_every=2, max_bad_steps=3)
+    task = make_task(config)
+    poison(task, set(range(5, 100)))
+    folder = str(tmp_path / "run")
+    with pytest.raises(TrainingError, match="3 steps in a row.*lower --lr"):
+        final_weights(task, config, folder)
+    state = ckpt.load(os.path.join(folder, "checkpoint.pt"))
+    assert state["progress"]["step"] == 6  # steps 5 and 6 were skipped; 7 was the third bad one in a row
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not os.path.exists(os.path.join(folder, "results.json"))
+
+
+def test_gradient_clipping_by_global_norm_and_by_value():
+    config = adding_config(clip=1e-3, lr=1.0, schedule="none")
+    config.train.optimizer = "sgd"
+    task = make_task(config)
+    trainer = Trainer(task, config, None, progress=False, print_fn=quiet)
+    batch = next(iter(task.batches(0, 0)))
+    trainer.train_step(batch)
+    norm = torch.cat([p.grad.flatten() for p in trainer.model.parameters()]).norm()
+    assert norm <= 1e-3 * (1 + 1e-4)
+    config = adding_config(clip=0.0, clip_value=1e-4)
+    trainer = Trainer(make_task(config), config, None, progress=False, print_fn=quiet)
+    trainer.train_step(batch)
+    assert max(float(p.grad.abs().max()) for p in trainer.model.parameters()) <= 1e-4
+
+
+def test_early_stopping_after_patience_evaluations_without_gain(tmp_path):
+    config = adding_config(epochs=20, lr=0.0, patience=2)  # lr 0: the metric can never improve
+    trainer = Trainer(make_task(config), config, str(tmp_path / "run"), progress=False, print_fn=quiet)
+    trainer.fit()
+    assert trainer.epoch == 3  # one evaluation sets the best, two more without gain stop the run
+    assert os.path.exists(tmp_path / "run" / "results.json")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pt")
+    ckpt.atomic_save({"model": {"w": torch.ones(3)}}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_save({"model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(ckpt.load(path)["model"]["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
+    path = str(tmp_path / "c.pt")
+    ckpt.atomic_save({"model": {"w": torch.ones(100)}}, path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+        ckpt.load(path)
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ckpt.CheckpointError, match=r"weight is \(2, 4\) there and \(2, 3\) here"):
+        ckpt.check_model_matches(model, torch.nn.Linear(4, 2).state_dict(), path)
