@@ -99,8 +99,12 @@ def load_config(folder: str) -> RunConfig:
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise CheckpointError(f"{folder} is not a run folder (no config.json); pass the folder rnnkit train wrote")
-    with open(path) as f:
-        return RunConfig.from_dict(json.load(f))
+    try:
+        with open(path) as f:
+            return RunConfig.from_dict(json.load(f))
+    except (ValueError, TypeError, AttributeError) as e:  # cut JSON, not an object, an unknown field
+        raise CheckpointError(f"{path} is not a valid rnnkit config ({e}); restore it from a copy "
+                              "or train the run again") from None
 
 
 def load_weights(folder: str, model) -> dict:
