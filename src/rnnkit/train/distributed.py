@@ -24,11 +24,26 @@ def init(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def shard(batch, rank: int, world: int):
-    """This process's share of a global batch: rows [rank::world]-style contiguous slices along dim 0."""
-    if world == 1:
+def shard(batch, rank: int, world: int, dim: int = 0):
+    """This process's share of a global batch: contiguous slice `rank` of `world` along dim
+    (dim 0 for batches, dim 1 for torch-style hidden states). Non-tensors pass through."""
+    if world == 1 or batch is None:
         return batch
-    return tuple(b.tensor_split(world)[rank] if isinstance(b, torch.Tensor) else b for b in batch)
+    if isinstance(batch, torch.Tensor):
+        return batch.tensor_split(world, dim=dim)[rank]
+    return tuple(shard(b, rank, world, dim) if isinstance(b, (torch.Tensor, tuple)) and not hasattr(b, "_fields")
+                 else b for b in batch)
+
+
+def gather(state, world: int, dim: int = 1):
+    """The inverse of shard for a (nested tuple of) hidden state(s): every process gets the whole."""
+    if world == 1 or state is None:
+        return state
+    if isinstance(state, torch.Tensor):
+        parts = [torch.empty_like(state) for _ in range(world)]
+        dist.all_gather(parts, state.contiguous())
+        return torch.cat(parts, dim=dim)
+    return tuple(gather(s, world, dim) for s in state)
 
 
 def global_sum(x: float, world: int) -> float:

@@ -125,7 +125,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "progress": {"step": self.step, "epoch": self.epoch, "position": self.position, "best": self.best,
                          "evals_without_gain": self.evals_without_gain},
-            "carry": self.carry,
+            "carry": distributed.gather(self.carry, self.world),  # every process's rows, for any resume
             "task": self.task.state_dict(),
             "config": self.config.to_dict(),
         }
@@ -141,15 +141,16 @@ class Trainer:
         p = state["progress"]
         self.step, self.epoch, self.position = p["step"], p["epoch"], p["position"]
         self.best, self.evals_without_gain = p["best"], p["evals_without_gain"]
-        self.carry = to_device(state["carry"], self.device)
+        self.carry = to_device(distributed.shard(state["carry"], self.rank, self.world, dim=1), self.device)
         ckpt.set_rng_state(state["rng"])
 
     def save(self) -> None:
-        if self.run is None:
-            return
+        """Write the checkpoint (rank 0); every process takes part, since the carried state is gathered."""
         if not ckpt.all_finite(self.model):  # never put non-finite weights over a good checkpoint
             raise TrainingError(f"weights became non-finite at step {self.step}; kept the checkpoint of an earlier step")
-        ckpt.atomic_save(self.state(), self.run.file("checkpoint.pt"))
+        state = self.state()
+        if self.run is not None:
+            ckpt.atomic_save(state, self.run.file("checkpoint.pt"))
 
     # ------------------------------------------------------------ one optimizer step
 
