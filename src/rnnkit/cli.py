@@ -120,6 +120,8 @@ def load_weights(folder: str, model) -> dict:
 def cmd_eval(args) -> None:
     config = load_config(args.run)
     task = make_task(config)
+    if args.split == "valid" and not getattr(task, "has_valid", True):
+        raise ValueError(f"{args.run} has no validation split (trained with --valid-fraction 0); use --split test")
     model = task.build_model()
     load_weights(args.run, model)
     model.eval()
