@@ -88,11 +88,27 @@ def cmd_train(args) -> None:
         folder = args.out or os.path.join("runs", default_name(config.task.task, config.model.cell))
         if os.path.exists(os.path.join(folder, "checkpoint.pt")):
             raise ValueError(f"{folder} already holds a run; continue it with --resume {folder} or pick another --out")
+    check_settings(config)
     task = make_task(config)
     trainer = Trainer(task, config, folder, resume=bool(args.resume), progress=not args.no_progress)
     trainer.fit()
     if trainer.rank == 0:
         print(f"run folder: {folder}")
+
+
+def check_settings(config: RunConfig) -> None:
+    """Settings that would otherwise fail deep inside training, after the run folder was made."""
+    if config.train.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {config.train.batch_size}")
+    import torch
+
+    try:
+        device = torch.device(config.train.device)
+    except RuntimeError:
+        raise ValueError(f"--device {config.train.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {config.train.device} needs CUDA, which is not available on this machine; "
+                         "use --device cpu")
 
 
 def load_config(folder: str) -> RunConfig:
