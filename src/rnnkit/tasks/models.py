@@ -87,6 +87,8 @@ class LanguageModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
+        if cfg.bidirectional:  # reading ahead would see the very tokens it must predict
+            raise ValueError("--bidirectional does not apply to a language model (it reads left to right); drop it")
         if cfg.tie_weights and cfg.embed != cfg.hidden:
             raise ValueError(f"--tie-weights needs --embed equal to --hidden, got {cfg.embed} and {cfg.hidden}")
         self.embed = nn.Embedding(vocab_size, cfg.embed)
