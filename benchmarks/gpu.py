@@ -1,0 +1,430 @@
+"""Benchmark: rnnkit's Triton engine against torch.nn (cuDNN) and the reference engine on one GPU.
+
+Three parts, in one process, in this order:
+
+    check    correctness before any timing. LSTM and GRU at (T, B, H) = (100, 16, 256) padded and
+             (100, 64, 512) packed, RNN (tanh, relu) and LSTM with proj_size at (50, 8, 128) packed, each
+             with both strategies forced (persistent, stepwise), in float32 (TF32 off) and bfloat16.
+             Ground truth: torch.nn in float64 on the GPU, same weights and inputs; random upstream
+             gradients on every output. Each output and every gradient's error relative to its size
+             (rnnkit.testing.relative_error) must stay below 1e-3 (float32) and 1e-2 (bfloat16); cuDNN's
+             own error in the same dtype is recorded beside it. The reference engine in float64 is checked
+             against torch.nn in float64 (the first link of the equivalence chain) at the same shapes.
+    layers   LSTM and GRU, T=100, B in {1, 16, 64, 256}, H in {256, 512, 1024} (input size = H), bfloat16
+             and float32 (TF32 off); modes "forward" (inference under no_grad) and "train" (forward and
+             backward of a random upstream gradient, the input requiring a gradient). Contenders:
+             torch.nn (cuDNN), engine="triton" with its automatic strategy ("auto"), and the other
+             strategy forced ("alt", for calibrating choose_strategy's thresholds; "n/a" where it cannot run).
+    packed   LSTM and GRU, T=100, B=64, H=512, bfloat16, lengths spread evenly over [T/2, T]: the packed
+             batch against the same batch padded to full length, torch.nn and the Triton engine.
+
+Timing: contenders take turns within each round; a sample is one call between two
+torch.cuda.synchronize(), so launch overhead counts for both; each row reports the median. Before a
+row is timed the Triton engine's outputs (and gradients, in train mode) are compared with torch.nn's in
+the same dtype (bounds below); a row that fails is reported and not timed. The first call of each
+contender (Triton compiles kernels and captures CUDA graphs then) is timed separately as first_ms.
+Rows are skipped once the run passes --budget seconds, so the whole script stays under 8 minutes on
+one H100; skipped rows are listed.
+
+Usage (repository root; no install needed):
+    python benchmarks/gpu.py [--budget 400] [--quick] [--out benchmarks/results/gpu.json]
+
+This is a script, not a test; results go to stdout and to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing rnnkit
+
+import torch  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+import rnnkit  # noqa: E402
+from common import machine_info, write_json_atomic  # noqa: E402
+from rnnkit.engines import triton as tri  # noqa: E402
+from rnnkit.testing import relative_error  # noqa: E402
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu.json"
+DEVICE = torch.device("cuda")
+DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
+ACCURACY = {torch.float32: 1e-3, torch.bfloat16: 1e-2}  # against float64: the issue's bounds
+# before timing, against torch.nn in the same dtype: both sides carry their own rounding error
+SANITY = {torch.float32: 2e-3, torch.bfloat16: 3e-2}
+STEPS, BATCHES, HIDDENS, CELLS = 100, (1, 16, 64, 256), (256, 512, 1024), ("LSTM", "GRU")
+PACKED_SHAPE = (100, 64, 512)
+
+
+# ---------------------------------------------------------------- models, inputs, runs
+
+
+def build(cell: str, inp: int, hidden: int, dtype, engine: str | None, proj: int = 0, nonlinearity: str = "tanh",
+          seed: int = 0) -> torch.nn.Module:
+    """torch.nn (engine=None) or rnnkit module with the weights torch.nn draws from `seed`."""
+    kw = {"proj_size": proj} if proj else {}
+    kw.update({"nonlinearity": nonlinearity} if cell == "RNN" else {})
+    torch.manual_seed(seed)
+    ref = getattr(torch.nn, cell)(inp, hidden, **kw)
+    if engine is None:
+        return ref.to(DEVICE, dtype)
+    kit = getattr(rnnkit, cell)(inp, hidden, **kw, engine=engine)
+    kit.load_state_dict(ref.state_dict(), strict=True)  # a renamed parameter must fail, not time half a model
+    return kit.to(DEVICE, dtype)
+
+
+def packed_lengths(steps: int, batch: int) -> torch.Tensor:
+    """Lengths spread evenly over [T/2, T], shuffled so enforce_sorted=False has work to do."""
+    lengths = torch.linspace(steps / 2, steps, batch).round().long()
+    return lengths[torch.randperm(batch, generator=torch.Generator().manual_seed(3))]
+
+
+def make_input(steps: int, batch: int, inp: int, dtype, packed: bool, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, batch, inp, generator=gen).to(DEVICE, dtype)
+    return pack_padded_sequence(x, packed_lengths(steps, batch), enforce_sorted=False) if packed else x
+
+
+def data(t):
+    return t.data if isinstance(t, torch.nn.utils.rnn.PackedSequence) else t
+
+
+def outputs_and_grads(module: torch.nn.Module, x, seed: int = 2) -> list[torch.Tensor]:
+    """[out, h_n, (c_n), dx, d(every parameter)] for random upstream gradients on every output."""
+    leaf = data(x).detach().requires_grad_()
+    x = x._replace(data=leaf) if isinstance(x, torch.nn.utils.rnn.PackedSequence) else leaf
+    out, state = module(x)
+    outs = [data(out), *(state if isinstance(state, tuple) else (state,))]
+    gen = torch.Generator().manual_seed(seed)
+    ups = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(DEVICE, o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, [leaf, *module.parameters()], ups)
+    return [o.detach() for o in outs] + list(grads)
+
+
+def forward_run(module, x):
+    def run():
+        with torch.no_grad():
+            return module(x)
+    return run
+
+
+def train_run(module, x):
+    gen = torch.Generator().manual_seed(4)
+    shape = module(x)[0]
+    g = torch.randn(data(shape).shape, generator=gen).to(DEVICE, data(shape).dtype)
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        leaf = data(x).detach().requires_grad_()
+        inp = x._replace(data=leaf) if isinstance(x, torch.nn.utils.rnn.PackedSequence) else leaf
+        out, _ = module(inp)
+        data(out).backward(g)
+        return leaf.grad
+    return run
+
+
+@contextlib.contextmanager
+def strategy(name: str):
+    old, tri.STRATEGY = tri.STRATEGY, name
+    try:
+        yield
+    finally:
+        tri.STRATEGY = old
+
+
+def under(name: str, run):
+    def wrapped():
+        with strategy(name):
+            return run()
+    return wrapped
+
+
+# ---------------------------------------------------------------- part: correctness
+
+
+def check_case(label: str, cell: str, steps: int, batch: int, hidden: int, packed: bool, proj=0,
+               nonlinearity="tanh") -> list[dict]:
+    """Every strategy and dtype of one case against torch.nn in float64."""
+    rows = []
+    x64 = make_input(steps, batch, hidden, torch.float64, packed)
+    truth = outputs_and_grads(build(cell, hidden, hidden, torch.float64, None, proj, nonlinearity), x64)
+    ref64 = outputs_and_grads(build(cell, hidden, hidden, torch.float64, "reference", proj, nonlinearity), x64)
+    chain = max(relative_error(a, b) for a, b in zip(ref64, truth, strict=True))
+    rows.append({"case": label, "who": "reference f64 vs torch f64", "max_rel_err": chain, "bound": 1e-10,
+                 "ok": chain <= 1e-10})
+    for dtype in (torch.float32, torch.bfloat16):
+        x = make_input(steps, batch, hidden, dtype, packed)
+        cudnn = outputs_and_grads(build(cell, hidden, hidden, dtype, None, proj, nonlinearity), x)
+        cudnn_err = max(relative_error(a, b) for a, b in zip(cudnn, truth, strict=True))
+        for name in ("persistent", "stepwise"):
+            try:
+                with strategy(name):
+                    got = outputs_and_grads(build(cell, hidden, hidden, dtype, "triton", proj, nonlinearity), x)
+            except RuntimeError as e:  # e.g. a persistent grid that does not fit this GPU
+                rows.append({"case": label, "who": f"triton {name} {dtype}", "error": str(e), "ok": False})
+                continue
+            errs = [relative_error(a, b) for a, b in zip(got, truth, strict=True)]
+            rows.append({"case": label, "who": f"triton {name} {dtype}", "max_rel_err": max(errs),
+                         "errors": errs, "cudnn_rel_err": cudnn_err, "bound": ACCURACY[dtype],
+                         "ok": max(errs) <= ACCURACY[dtype]})
+    for r in rows:
+        err = f"{r['max_rel_err']:.2e}" if "max_rel_err" in r else r.get("error")
+        extra = f" (cuDNN {r['cudnn_rel_err']:.2e})" if "cudnn_rel_err" in r else ""
+        print(f"  {'ok  ' if r['ok'] else 'FAIL'} {label:34s} {r['who']:34s} {err}{extra}", flush=True)
+    return rows
+
+
+def part_check(quick: bool) -> list[dict]:
+    cases = [("LSTM T100 B16 H256 padded", "LSTM", 100, 16, 256, False, 0, "tanh"),
+             ("GRU T100 B16 H256 padded", "GRU", 100, 16, 256, False, 0, "tanh"),
+             ("LSTM T100 B64 H512 packed", "LSTM", 100, 64, 512, True, 0, "tanh"),
+             ("GRU T100 B64 H512 packed", "GRU", 100, 64, 512, True, 0, "tanh"),
+             ("RNN_TANH T50 B8 H128 packed", "RNN", 50, 8, 128, True, 0, "tanh"),
+             ("RNN_RELU T50 B8 H128 packed", "RNN", 50, 8, 128, True, 0, "relu"),
+             ("LSTM proj64 T50 B8 H128 packed", "LSTM", 50, 8, 128, True, 64, "tanh")]
+    rows = []
+    for case in cases[:2] if quick else cases:
+        rows += check_case(*case)
+    return rows
+
+
+# ---------------------------------------------------------------- timing
+
+
+def sample_ms(run) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def time_runners(runners: dict, row_budget_s: float) -> tuple[dict, dict, int]:
+    """(median ms, first-call ms, rounds): first calls, two warm-up rounds, then turns within each round."""
+    first = {name: sample_ms(run) for name, run in runners.items()}
+    cost = {}
+    for _ in range(2):
+        cost = {name: sample_ms(run) for name, run in runners.items()}
+    rounds = int(min(30, max(3, row_budget_s * 1e3 / max(sum(cost.values()), 1e-3))))
+    samples = {name: [] for name in runners}
+    for i in range(rounds):
+        names = list(runners)
+        k = i % len(names)  # rotate who goes first
+        for name in names[k:] + names[:k]:
+            samples[name].append(sample_ms(runners[name]))
+    return {n: statistics.median(s) for n, s in samples.items()}, first, rounds
+
+
+def sane(mode: str, kit_run, torch_run, dtype) -> str | None:
+    """None if the Triton engine agrees with torch.nn in this dtype, else what differs."""
+    if mode == "forward":
+        (a_out, a_state), (b_out, b_state) = kit_run(), torch_run()
+        pairs = [(data(a_out), data(b_out))] + list(zip(
+            a_state if isinstance(a_state, tuple) else (a_state,), b_state if isinstance(b_state, tuple) else (b_state,)))
+    else:
+        pairs = [(kit_run(), torch_run())]  # dx: every step's gradient passes through it
+    for k, (a, b) in enumerate(pairs):
+        err = relative_error(a, b)
+        if not (torch.isfinite(a).all() and err <= SANITY[dtype]):
+            return f"result {k}: relative error {err:.3g} against torch.nn (bound {SANITY[dtype]:g})"
+    return None
+
+
+def time_layer(cell: str, batch: int, hidden: int, dtype, mode: str, row_budget_s: float) -> dict:
+    ref, kit = build(cell, hidden, hidden, dtype, None), build(cell, hidden, hidden, dtype, "triton")
+    x = make_input(STEPS, batch, hidden, dtype, False)
+    make = forward_run if mode == "forward" else train_run
+    auto = tri.choose_strategy(batch, hidden, DEVICE)
+    alt = "stepwise" if auto == "persistent" else "persistent"
+    runners = {"torch": make(ref, x), "auto": under(auto, make(kit, x))}
+    row = {"cell": cell, "T": STEPS, "B": batch, "H": hidden, "dtype": str(dtype).removeprefix("torch."),
+           "mode": mode, "auto_strategy": auto, "alt_strategy": alt}
+    if (why := sane(mode, runners["auto"], runners["torch"], dtype)) is not None:
+        return {**row, "failed": why}
+    try:
+        alt_run = under(alt, make(kit, x))
+        if (why := sane(mode, alt_run, runners["torch"], dtype)) is None:
+            runners["alt"] = alt_run
+        else:
+            row["alt_failed"] = why
+    except RuntimeError as e:  # the persistent grid does not fit: no alternative to time
+        row["alt_failed"] = str(e)
+    ms, first, rounds = time_runners(runners, row_budget_s)
+    row.update({f"{n}_ms": v for n, v in ms.items()}, **{f"{n}_first_ms": v for n, v in first.items()},
+               rounds=rounds, ratio=ms["torch"] / ms["auto"])
+    if "alt" in ms:
+        row["alt_ratio"] = ms["torch"] / ms["alt"]
+    return row
+
+
+def time_packed(cell: str, mode: str, row_budget_s: float) -> dict:
+    steps, batch, hidden = PACKED_SHAPE
+    dtype = torch.bfloat16
+    ref, kit = build(cell, hidden, hidden, dtype, None), build(cell, hidden, hidden, dtype, "triton")
+    make = forward_run if mode == "forward" else train_run
+    padded, packed = (make_input(steps, batch, hidden, dtype, p) for p in (False, True))
+    runners = {"torch_padded": make(ref, padded), "triton_padded": make(kit, padded),
+               "torch_packed": make(ref, packed), "triton_packed": make(kit, packed)}
+    row = {"cell": cell, "T": steps, "B": batch, "H": hidden, "dtype": "bfloat16", "mode": mode,
+           "strategy": tri.choose_strategy(batch, hidden, DEVICE), "lengths": packed_lengths(steps, batch).tolist()}
+    for form in ("padded", "packed"):
+        if (why := sane(mode, runners[f"triton_{form}"], runners[f"torch_{form}"], dtype)) is not None:
+            return {**row, "failed": f"{form}: {why}"}
+    ms, first, rounds = time_runners(runners, row_budget_s)
+    return {**row, **{f"{n}_ms": v for n, v in ms.items()}, "rounds": rounds,
+            "triton_packed_over_padded": ms["triton_packed"] / ms["triton_padded"],
+            "torch_packed_over_padded": ms["torch_packed"] / ms["torch_padded"]}
+
+
+# ---------------------------------------------------------------- report
+
+
+def format_layers(rows: list[dict]) -> str:
+    head = (f"{'cell':5s} {'dtype':8s} {'B':>4s} {'H':>5s} {'mode':8s} {'torch ms':>9s} {'triton ms':>9s} "
+            f"{'t/tri':>6s} {'strategy':10s} {'alt ms':>8s} {'t/alt':>6s} {'rounds':>6s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "failed" in r or "skipped" in r:
+            lines.append(f"{r['cell']:5s} {r['dtype']:8s} {r['B']:4d} {r['H']:5d} {r['mode']:8s} "
+                         f"{'FAILED: ' + r['failed'] if 'failed' in r else 'skipped: ' + r['skipped']}")
+            continue
+        alt = (f"{r['alt_ms']:8.2f} {r['alt_ratio']:6.2f}" if "alt_ms" in r else f"{'n/a':>8s} {'':6s}")
+        lines.append(f"{r['cell']:5s} {r['dtype']:8s} {r['B']:4d} {r['H']:5d} {r['mode']:8s} {r['torch_ms']:9.2f} "
+                     f"{r['auto_ms']:9.2f} {r['ratio']:6.2f} {r['auto_strategy']:10s} {alt} {r['rounds']:6d}")
+    return "\n".join(lines)
+
+
+def format_packed(rows: list[dict]) -> str:
+    head = (f"{'cell':5s} {'mode':8s} {'torch pad':>9s} {'torch pk':>9s} {'tri pad':>9s} {'tri pk':>9s} "
+            f"{'tri pk/pad':>10s} {'torch pk/pad':>12s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "failed" in r or "skipped" in r:
+            lines.append(f"{r['cell']:5s} {r['mode']:8s} {r.get('failed') or 'skipped: ' + r['skipped']}")
+            continue
+        lines.append(f"{r['cell']:5s} {r['mode']:8s} {r['torch_padded_ms']:9.2f} {r['torch_packed_ms']:9.2f} "
+                     f"{r['triton_padded_ms']:9.2f} {r['triton_packed_ms']:9.2f} "
+                     f"{r['triton_packed_over_padded']:10.2f} {r['torch_packed_over_padded']:12.2f}")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict], packed: list[dict]) -> list[str]:
+    """The issue's targets, each with the measured rows it covers (bfloat16 and float32 alike)."""
+    timed = [r for r in rows if "ratio" in r]
+    out = []
+
+    def worst(sel, what, bound):
+        if not sel:
+            out.append(f"{what}: no measured rows")
+            return
+        r = min(sel, key=lambda r: r["ratio"])
+        ok = all(s["ratio"] >= bound for s in sel)
+        out.append(f"{what} >= {bound}x: {'met' if ok else 'MISSED'} (worst {r['ratio']:.2f}x at {r['cell']} "
+                   f"{r['dtype']} B={r['B']} H={r['H']}; {len(sel)} rows)")
+
+    worst([r for r in timed if r["mode"] == "train" and r["B"] <= 64], "training, B<=64", 1.5)
+    worst([r for r in timed if r["mode"] == "train" and r["B"] == 256], "training, B=256", 1.0)
+    worst([r for r in timed if r["mode"] == "forward" and r["B"] <= 16], "inference, B<=16", 2.0)
+    pk = [r for r in packed if "triton_packed_over_padded" in r]
+    if pk:
+        ok = all(r["triton_packed_over_padded"] <= 1.1 for r in pk)
+        out.append(f"packed within 1.1x of padded: {'met' if ok else 'MISSED'} (worst "
+                   f"{max(r['triton_packed_over_padded'] for r in pk):.2f}x)")
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget", type=float, default=400.0, help="seconds after which remaining rows are skipped")
+    p.add_argument("--quick", action="store_true", help="smoke run: two checks, B in {1, 64}, H=256, bfloat16")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/gpu.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    if (why := rnnkit.engines.why_not("triton", torch.zeros(1, device=DEVICE))) is not None:
+        print(f"the Triton engine cannot run here: {why}", file=sys.stderr)
+        return 2
+    import triton
+    # float32 means IEEE float32 for every contender: cuDNN and torch.matmul would otherwise take TF32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    tri.TF32 = False
+    props = torch.cuda.get_device_properties(DEVICE)
+    info = machine_info(torch.get_num_threads())
+    info.update(gpu=props.name, sms=props.multi_processor_count, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), triton=triton.__version__)
+    payload = {"machine": info, "quick": args.quick, "tf32": False, "complete": False,
+               "heuristic": {"PERSISTENT_MAX_BATCH": tri.PERSISTENT_MAX_BATCH,
+                             "RESIDENT_MAX_BYTES": tri.RESIDENT_MAX_BYTES, "CUDA_GRAPHS": tri.CUDA_GRAPHS}}
+    print(f"GPU: {props.name}, {props.multi_processor_count} SMs | torch {torch.__version__} | CUDA {torch.version.cuda} "
+          f"| cuDNN {info['cudnn']} | triton {triton.__version__} | {info['date']}", flush=True)
+    start = time.perf_counter()
+
+    def save():
+        payload["elapsed_s"] = time.perf_counter() - start
+        write_json_atomic(args.out, payload)
+
+    print("\ncorrectness (relative error against torch.nn in float64; bound 1e-3 float32, 1e-2 bfloat16)")
+    payload["check"] = part_check(args.quick)
+    save()
+
+    batches, hiddens, dtypes = ((1, 64), (256,), ("bf16",)) if args.quick else (BATCHES, HIDDENS, ("bf16", "f32"))
+    configs = [(d, c, h, b, m) for d in dtypes for c in CELLS for h in hiddens for b in batches
+               for m in ("forward", "train")]
+    left = args.budget - (time.perf_counter() - start)
+    row_budget = max(0.3, 0.6 * left / (len(configs) + 4)) / 2  # half of each row's share for timed rounds
+    print(f"\nlayers: {len(configs)} rows, about {row_budget:.1f} s of timed rounds each", flush=True)
+    payload["layers"] = []
+    for d, cell, hidden, batch, mode in configs:
+        row_id = {"cell": cell, "dtype": str(DTYPES[d]).removeprefix("torch."), "B": batch, "H": hidden, "mode": mode}
+        if time.perf_counter() - start > args.budget:
+            payload["layers"].append({**row_id, "skipped": "time budget"})
+            continue
+        row = time_layer(cell, batch, hidden, DTYPES[d], mode, row_budget)
+        payload["layers"].append(row)
+        print(format_layers([row]).splitlines()[-1], flush=True)
+        save()
+        tri._graphs.clear()  # the captured graphs' static buffers of this row
+        torch.cuda.empty_cache()
+
+    print("\npacked (bfloat16, lengths spread over [T/2, T]) against the same batch padded", flush=True)
+    payload["packed"] = []
+    for cell in CELLS:
+        for mode in ("forward", "train"):
+            if time.perf_counter() - start > args.budget + 30:
+                payload["packed"].append({"cell": cell, "mode": mode, "skipped": "time budget"})
+                continue
+            payload["packed"].append(time_packed(cell, mode, row_budget))
+            save()
+
+    payload["complete"] = True
+    payload["targets"] = targets(payload["layers"], payload["packed"])
+    save()
+    print("\nt/tri = torch.nn ms / Triton-engine ms (above 1: rnnkit is faster); alt = the other strategy forced")
+    print(format_layers(payload["layers"]))
+    print()
+    print(format_packed(payload["packed"]))
+    print("\ntargets (ratios to cuDNN):")
+    print("\n".join("  " + t for t in payload["targets"]))
+    failed = [r for r in payload["check"] if not r["ok"]]
+    print(f"\ncorrectness: {len(payload['check']) - len(failed)} of {len(payload['check'])} checks passed")
+    print(f"total {payload['elapsed_s']:.0f} s; wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
