@@ -1,8 +1,10 @@
 """The Triton engine against the reference engine, its kernels run by Triton's interpreter on CPU tensors.
 
-TRITON_INTERPRET=1 must be set before the kernels are decorated, that is before
-rnnkit.engines.triton_kernels is first imported; this module sets it on import, for the whole
-pytest process (it only changes how Triton kernels run, and no other test runs one).
+TRITON_INTERPRET=1 must be set before Triton decorates any kernel, its own library's included,
+which happens when triton is first imported, and other test modules import it early (torch._dynamo
+does). The repository's conftest.py therefore sets it for the whole pytest process (it only changes
+how Triton kernels run, and no other test runs one); this module sets it too, for runs without that
+conftest, and skips if the kernels were decorated for the GPU anyway (TRITON_INTERPRET=0).
 
 What the interpreter cannot show:
 - The persistent strategy runs with a grid of one program here. The interpreter runs programs one
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first imported (see above)
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported (see above)
 
 import importlib  # noqa: E402
 import shutil  # noqa: E402
@@ -40,8 +42,10 @@ from rnnkit.engines import triton as tri  # noqa: E402
 from rnnkit.testing import assert_close  # noqa: E402
 
 _kernels = importlib.import_module("rnnkit.engines.triton_kernels")
-if not _kernels.INTERPRETED:  # imported earlier in this process for the GPU (a doctest run collected it first)
-    importlib.reload(_kernels)
+if not _kernels.INTERPRETED and os.environ.get("TRITON_INTERPRET") == "1":
+    _kernels = importlib.reload(_kernels)  # imported earlier in this process, before TRITON_INTERPRET was set
+if not _kernels.INTERPRETED:
+    pytest.skip("the Triton kernels were decorated for the GPU (TRITON_INTERPRET is not 1)", allow_module_level=True)
 
 
 @pytest.fixture(autouse=True)
