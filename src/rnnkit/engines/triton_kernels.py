@@ -128,15 +128,20 @@ def prev_tile(src_ptr, init_ptr, off_prev, bs_prev, rows, cols, width, mask):
 
 
 @triton.jit
+def w_tile(w_ptr, gate_rows, col_mask, ks, K):
+    """W[gate_rows, ks]^T, a (BLOCK_K, BLOCK_H) tile of the row-major (G*H, K) weight."""
+    return tl.load(w_ptr + gate_rows.to(tl.int64)[None, :] * K + ks[:, None],
+                   mask=col_mask[None, :] & (ks < K)[:, None], other=0.0)
+
+
+@triton.jit
 def gate_product(acc, h_ptr, init_ptr, w_ptr, off_prev, bs_prev, rows, row_mask, gate_rows, col_mask, K,
                  PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc + h_prev @ W[gate_rows, :]^T, h_prev (B, K) the previous state, W (G*H, K) row-major."""
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         h = prev_tile(h_ptr, init_ptr, off_prev, bs_prev, rows, ks, K, row_mask[:, None] & (ks < K)[None, :])
-        w = tl.load(w_ptr + gate_rows.to(tl.int64)[None, :] * K + ks[:, None],
-                    mask=col_mask[None, :] & (ks < K)[:, None], other=0.0)  # (BLOCK_K, BLOCK_H) = W^T tile
-        acc = mma(h, w, acc, PRECISION, UPCAST)
+        acc = mma(h, w_tile(w_ptr, gate_rows, col_mask, ks, K), acc, PRECISION, UPCAST)
     return acc
 
 
@@ -264,11 +269,10 @@ def lstm_forward(xp_ptr, w_hh_ptr, b_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr,
     col_mask = cols < H
     if W_RESIDENT:
         ks = tl.arange(0, BLOCK_K)
-        w_mask = col_mask[None, :] & (ks < P)[:, None]
-        w_i = tl.load(w_hh_ptr + (0 * H + cols)[None, :] * P + ks[:, None], mask=w_mask, other=0.0)  # (BLOCK_K, BLOCK_H)
-        w_f = tl.load(w_hh_ptr + (1 * H + cols)[None, :] * P + ks[:, None], mask=w_mask, other=0.0)
-        w_g = tl.load(w_hh_ptr + (2 * H + cols)[None, :] * P + ks[:, None], mask=w_mask, other=0.0)
-        w_o = tl.load(w_hh_ptr + (3 * H + cols)[None, :] * P + ks[:, None], mask=w_mask, other=0.0)
+        w_i = w_tile(w_hh_ptr, 0 * H + cols, col_mask, ks, P)
+        w_f = w_tile(w_hh_ptr, 1 * H + cols, col_mask, ks, P)
+        w_g = w_tile(w_hh_ptr, 2 * H + cols, col_mask, ks, P)
+        w_o = w_tile(w_hh_ptr, 3 * H + cols, col_mask, ks, P)
     for k in range(k0, k1):
         off, bs, off_prev, bs_prev = step_at(k, T, sizes_ptr, offsets_ptr, REVERSE, False)
         active = tl.program_id(0) * BLOCK_B < bs
@@ -285,15 +289,15 @@ def lstm_forward(xp_ptr, w_hh_ptr, b_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr,
                 a_f = mma(h, w_f, a_f, PRECISION, UPCAST)
                 a_g = mma(h, w_g, a_g, PRECISION, UPCAST)
                 a_o = mma(h, w_o, a_o, PRECISION, UPCAST)
-            else:  # W_hh tiles come from memory (L2 after the first step) every step
-                a_i = gate_product(a_i, out_ptr, h0_ptr, w_hh_ptr, off_prev, bs_prev, rows, row_mask, 0 * H + cols,
-                                   col_mask, P, PRECISION, UPCAST, BLOCK_K)
-                a_f = gate_product(a_f, out_ptr, h0_ptr, w_hh_ptr, off_prev, bs_prev, rows, row_mask, 1 * H + cols,
-                                   col_mask, P, PRECISION, UPCAST, BLOCK_K)
-                a_g = gate_product(a_g, out_ptr, h0_ptr, w_hh_ptr, off_prev, bs_prev, rows, row_mask, 2 * H + cols,
-                                   col_mask, P, PRECISION, UPCAST, BLOCK_K)
-                a_o = gate_product(a_o, out_ptr, h0_ptr, w_hh_ptr, off_prev, bs_prev, rows, row_mask, 3 * H + cols,
-                                   col_mask, P, PRECISION, UPCAST, BLOCK_K)
+            else:  # W_hh tiles come from memory (L2 after the first step) every step; each h tile serves 4 gates
+                for k0 in range(0, P, BLOCK_K):
+                    kk = k0 + tl.arange(0, BLOCK_K)
+                    h = prev_tile(out_ptr, h0_ptr, off_prev, bs_prev, rows, kk, P,
+                                  row_mask[:, None] & (kk < P)[None, :])  # (BLOCK_B, BLOCK_K) of h_{t-1}
+                    a_i = mma(h, w_tile(w_hh_ptr, 0 * H + cols, col_mask, kk, P), a_i, PRECISION, UPCAST)
+                    a_f = mma(h, w_tile(w_hh_ptr, 1 * H + cols, col_mask, kk, P), a_f, PRECISION, UPCAST)
+                    a_g = mma(h, w_tile(w_hh_ptr, 2 * H + cols, col_mask, kk, P), a_g, PRECISION, UPCAST)
+                    a_o = mma(h, w_tile(w_hh_ptr, 3 * H + cols, col_mask, kk, P), a_o, PRECISION, UPCAST)
             a_i += tl.load(xp_ptr + row_offsets(off, rows, 4 * H, 0 * H + cols), mask=mask, other=0.0).to(tl.float32)
             a_f += tl.load(xp_ptr + row_offsets(off, rows, 4 * H, 1 * H + cols), mask=mask, other=0.0).to(tl.float32)
             a_g += tl.load(xp_ptr + row_offsets(off, rows, 4 * H, 2 * H + cols), mask=mask, other=0.0).to(tl.float32)
@@ -435,12 +439,12 @@ def gru_forward(xp_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, out_ptr, cache_ptr, h_n_ptr,
             h_r = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
             h_z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
             h_n = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-            h_r = gate_product(h_r, out_ptr, h0_ptr, w_hh_ptr, off_prev, bs_prev, rows, row_mask, 0 * H + cols,
-                               col_mask, H, PRECISION, UPCAST, BLOCK_K)
-            h_z = gate_product(h_z, out_ptr, h0_ptr, w_hh_ptr, off_prev, bs_prev, rows, row_mask, 1 * H + cols,
-                               col_mask, H, PRECISION, UPCAST, BLOCK_K)
-            h_n = gate_product(h_n, out_ptr, h0_ptr, w_hh_ptr, off_prev, bs_prev, rows, row_mask, 2 * H + cols,
-                               col_mask, H, PRECISION, UPCAST, BLOCK_K)
+            for k0 in range(0, H, BLOCK_K):  # hp = h_{t-1} W_hh^T, each h tile serving the three gates
+                kk = k0 + tl.arange(0, BLOCK_K)
+                h = prev_tile(out_ptr, h0_ptr, off_prev, bs_prev, rows, kk, H, row_mask[:, None] & (kk < H)[None, :])
+                h_r = mma(h, w_tile(w_hh_ptr, 0 * H + cols, col_mask, kk, H), h_r, PRECISION, UPCAST)
+                h_z = mma(h, w_tile(w_hh_ptr, 1 * H + cols, col_mask, kk, H), h_z, PRECISION, UPCAST)
+                h_n = mma(h, w_tile(w_hh_ptr, 2 * H + cols, col_mask, kk, H), h_n, PRECISION, UPCAST)
             if HAS_BIAS:
                 h_r += tl.load(b_hh_ptr + 0 * H + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
                 h_z += tl.load(b_hh_ptr + 1 * H + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
