@@ -32,6 +32,7 @@ with several programs would wait forever.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -233,30 +234,50 @@ def run(kernel, plan: Plan, args: tuple, dims: tuple[int, ...], flags: dict, pha
 # and the graph of all launches. A call copies its inputs in, replays, and copies the outputs out.
 GRAPH_CACHE_SIZE = 8
 _graphs: OrderedDict = OrderedDict()
+graph_error: str | None = None  # why capture failed, if it did (the stepwise launches then run uncaptured)
+
+
+def warmed_copies(body, tensors: dict[str, Tensor], inputs: tuple[str, ...]) -> dict[str, Tensor]:
+    """Copies of the tensors, with body run once on them outside any capture (Triton compiles then)."""
+    static = {n: t.clone() for n, t in tensors.items()}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        body(static)
+    torch.cuda.current_stream().wait_stream(side)
+    for name in inputs:
+        static[name].copy_(tensors[name])
+    return static
+
+
+def record(body, static: dict[str, Tensor]) -> torch.cuda.CUDAGraph:
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body(static)
+    return graph
 
 
 def launch(body, tensors: dict[str, Tensor], inputs: tuple[str, ...], outputs: tuple[str, ...], key: tuple,
            plan: Plan) -> None:
     """body(tensors) launches every kernel of one call. inputs are read, outputs written (a name may be both)."""
+    global graph_error
     first = next(iter(tensors.values()))
-    if plan.persistent or not CUDA_GRAPHS or first.device.type != "cuda":
+    if plan.persistent or not CUDA_GRAPHS or graph_error is not None or first.device.type != "cuda":
         body(tensors)
         return
-    key = (key, tuple((n, t.shape, t.dtype, t.device) for n, t in tensors.items()))
+    key = (key, TF32, tuple((n, t.shape, t.dtype, t.device) for n, t in tensors.items()))
     entry = _graphs.get(key)
     if entry is None:
-        static = {n: t.clone() for n, t in tensors.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # compile and warm up outside the capture
-            body(static)
-        torch.cuda.current_stream().wait_stream(side)
-        for name in inputs:
-            static[name].copy_(tensors[name])
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            body(static)
-        entry = _graphs[key] = (static, graph, body)  # body holds the layout tensors the graph reads
+        static = warmed_copies(body, tensors, inputs)  # a failing kernel fails here, not as a capture error
+        try:
+            entry = static, record(body, static), body  # body holds the layout tensors the graph reads
+        except Exception as e:  # noqa: BLE001  (the launches themselves work without a graph: say so, once)
+            graph_error = f"{type(e).__name__}: {e}"
+            warnings.warn(f"rnnkit triton engine: CUDA graph capture failed ({graph_error}); "
+                          "launching every step instead (slower)", RuntimeWarning, stacklevel=2)
+            body(tensors)
+            return
+        _graphs[key] = entry
         while len(_graphs) > GRAPH_CACHE_SIZE:
             _graphs.popitem(last=False)
     _graphs.move_to_end(key)
