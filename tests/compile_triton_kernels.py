@@ -4,7 +4,7 @@ Triton's interpreter runs the kernels as Python, so it misses what only the comp
 that change inside a loop, unsupported constructs, register or shared-memory limits).
 tests/test_triton_engine.py runs this script in a fresh process, without TRITON_INTERPRET:
 
-    python tests/compile_triton_kernels.py [--arch 90] [--all]
+    python tests/compile_triton_kernels.py [--arch 90] [--all | --plans]
 """
 
 from __future__ import annotations
@@ -58,9 +58,56 @@ def variants():
     yield K.lstm_forward, dict(resident, HAS_BIAS=True, HAS_PROJ=False, DO_GATES=True, DO_PROJ=True, W_RESIDENT=True)
 
 
+def plan_variants():
+    """(kernel, constexprs, num_warps) for the tiles make_plan picks on a 132-SM H100 across benchmarks/gpu.py's
+    grid (LSTM and GRU, B in {1, 16, 64, 256}, H in {256, 512, 1024}, both strategies), bf16 and float32."""
+    import torch
+
+    from rnnkit.engines import triton as tri
+
+    class Cuda:  # what make_plan reads of an input tensor
+        device = torch.device("cuda")
+
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+        def element_size(self):
+            return torch.empty(0, dtype=self.dtype).element_size()
+
+    tri.num_sms = lambda device: 132
+    seen = set()
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for hidden, batch, strategy in itertools.product((256, 512, 1024), (1, 16, 64, 256), ("persistent", "stepwise")):
+            tri.STRATEGY = strategy
+            try:
+                fwd, bwd = tri.make_plan(batch, hidden, hidden, Cuda(dtype), keep_w=True), \
+                    tri.make_plan(batch, hidden, hidden, Cuda(dtype))
+            except RuntimeError:  # no persistent grid fits: the engine would not launch one
+                continue
+            sync = fwd.persistent
+
+            def tiles(p):
+                return dict(SYNC=sync, REVERSE=False, PRECISION="ieee", UPCAST=False, BLOCK_B=p.block_b,
+                            BLOCK_H=p.block_h, BLOCK_K=p.block_k)
+            for fn, plan, flags in (
+                    (K.lstm_forward, fwd, dict(HAS_BIAS=True, HAS_PROJ=False, DO_GATES=True, DO_PROJ=sync,
+                                               W_RESIDENT=fwd.w_resident)),
+                    (K.lstm_backward, bwd, dict(HAS_PROJ=False, DO_TOTAL=sync, DO_GATES=True, DO_PRODUCT=sync)),
+                    (K.gru_forward, bwd, dict(HAS_BIAS=True)),
+                    (K.gru_backward, bwd, dict(DO_GATES=True, DO_PRODUCT=sync))):
+                constexprs = dict(tiles(plan), **flags)
+                key = (fn.fn.__name__, name, plan.num_warps, tuple(sorted(constexprs.items())))
+                if key not in seen:
+                    seen.add(key)
+                    yield name, fn, constexprs, plan.num_warps
+    tri.STRATEGY = "auto"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--plans", action="store_true", help="instead: the tiles benchmarks/gpu.py's grid launches "
+                                                            "(about 45 variants)")
     parser.add_argument("--all", action="store_true", help="float32 too for every kernel (default: bf16 for all, "
                                                           "float32 for the LSTM's, whose tl.dot takes PRECISION)")
     args = parser.parse_args()
@@ -69,6 +116,14 @@ def main() -> int:
         return 2
     target = GPUTarget("cuda", args.arch, 32)
     count = 0
+    if args.plans:
+        for dtype, fn, constexprs, num_warps in plan_variants():
+            sig, consts = signature(fn, dtype, constexprs)
+            triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
+                           options={"num_warps": num_warps})
+            count += 1
+        print(f"compiled {count} kernel variants for sm_{args.arch}")
+        return 0
     for dtype in ("bf16", "fp32"):
         for fn, constexprs in variants():
             if dtype == "fp32" and not args.all and fn not in (K.lstm_forward, K.lstm_backward):
