@@ -242,3 +242,20 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
     model = torch.nn.Linear(3, 2)
     with pytest.raises(ckpt.CheckpointError, match=r"weight is \(2, 4\) there and \(2, 3\) here"):
         ckpt.check_model_matches(model, torch.nn.Linear(4, 2).state_dict(), path)
+
+
+def test_the_test_split_is_scored_with_the_best_validation_weights(tmp_path):
+    config = adding_config(epochs=3)
+    task = make_task(config)
+    scripted = iter([0.3, 0.1, 0.2])  # valid mse per epoch: the second epoch's weights are the best
+    fingerprint = lambda model: float(sum(p.detach().double().sum() for p in model.parameters()))
+    task.evaluate = lambda model, split: {"mse": next(scripted) if split == "valid" else fingerprint(model)}
+    trainer = Trainer(task, config, str(tmp_path / "run"), progress=False, print_fn=quiet)
+    results = trainer.fit()
+    best = ckpt.load(str(tmp_path / "run" / "best.pt"))
+    assert best["step"] == 2 * task.num_batches()
+    model = task.build_model()
+    model.load_state_dict(best["model"])
+    assert results["mse"] == fingerprint(model)
+    last = ckpt.load(str(tmp_path / "run" / "checkpoint.pt"))["model"]
+    assert any(not torch.equal(last[k], best["model"][k]) for k in last)
