@@ -21,7 +21,7 @@ import sys
 
 from . import demo as demo_module
 from .data import DataError, Vocab, describe_sources
-from .tasks import TASKS, gradflow, make_task
+from .tasks import PREDICTORS, TASKS, gradflow, make_task
 from .tasks.lm import generate as lm_generate
 from .tasks.models import LanguageModel
 from .train import checkpoint as ckpt
@@ -161,6 +161,30 @@ def cmd_generate(args) -> None:
     print(args.prompt + text)
 
 
+def latest_run(task: str, root: str = "runs") -> str:
+    """The newest run folder under root trained on `task`."""
+    runs = [os.path.join(root, d) for d in os.listdir(root)] if os.path.isdir(root) else []
+    runs = [r for r in runs if os.path.isfile(os.path.join(r, "checkpoint.pt"))
+            and load_config(r).task.task == task]
+    if not runs:
+        raise ValueError(f"no {task} run under {root}/; train one (rnnkit train {task}) or pass --run RUN")
+    return max(runs, key=lambda r: os.path.getmtime(os.path.join(r, "checkpoint.pt")))
+
+
+def cmd_predict(args) -> None:
+    """rnnkit g2p/translate/tag/caption INPUT...: one output line per input, from a trained run."""
+    run = args.run or latest_run(args.command)
+    config = load_config(run)
+    if config.task.task != args.command:
+        raise ValueError(f"{run} is a {config.task.task!r} run; rnnkit {args.command} needs a {args.command} run")
+    task = PREDICTORS[args.command].for_inference(config, ckpt.load(os.path.join(run, "checkpoint.pt"))["task"])
+    model = task.build_model()
+    load_weights(run, model)
+    model.eval()
+    for given, answer in zip(args.inputs, task.predict(model, args.inputs)):
+        print(f"{given}\t{answer}")
+
+
 def cmd_gradflow(args) -> None:
     results = gradflow.run(length=args.length, steps=args.steps, hidden=args.hidden, seed=args.seed,
                            progress=not args.no_progress)
@@ -220,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/gradflow", help="folder for gradflow.png and gradflow.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_gradflow)
+
+    for command, task_class in PREDICTORS.items():
+        p = sub.add_parser(command, help=task_class.predict_help)
+        p.add_argument("inputs", nargs="+", metavar="INPUT", help="what to run the model on")
+        p.add_argument("--run", help=f"a {command} run folder (default: the newest under runs/)")
+        p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("datasets", help="which data sets this machine has, and the install command for the rest")
     p.set_defaults(func=cmd_datasets)

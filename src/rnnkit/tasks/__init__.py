@@ -18,6 +18,14 @@ TASKS = {
 }
 
 
+# Interactive inference, `rnnkit COMMAND INPUT... [--run RUN]`: command (= task name) -> task class with
+#   Task.for_inference(config, task_state) -> a task built without its data set (task_state is
+#       what task.state_dict() returned at training time: vocabularies, class names)
+#   task.build_model() -> nn.Module, and task.predict(model, inputs: list[str]) -> list[str]
+#   Task.predict_help: one line for `rnnkit --help`
+PREDICTORS: dict[str, type] = {}
+
+
 def make_task(config: RunConfig):
     name = config.task.task
     if name not in TASKS:
