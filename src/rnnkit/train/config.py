@@ -48,6 +48,8 @@ class ModelConfig:
     pooling: str = option("last", "many-to-one: summarise the outputs by the last step, mean or max",
                           choices=("last", "mean", "max"))
     engine: str = option("auto", "rnnkit engine: auto, reference, cpu")
+    crf: bool = option(False, "tag: a linear-chain CRF output layer (Viterbi decoding) instead of per-token softmax")
+    char_embed: int = option(0, "tag: width of each word's character features, for unseen words (0: none)")
 
 
 @dataclass
