@@ -34,6 +34,7 @@ class TaskConfig:
     examples: int = option(10000, "adding, copy: training examples generated (valid and test get 1000 each)")
     patch: int = option(1, "ucr, fashion-mnist: read this many time steps as one input vector")
     valid_fraction: float = option(0.1, "sentiment, ucr, fashion-mnist, classify: fraction of the training split held out for validation (0: none)")
+    beam: int = option(1, "seq2seq, caption: beam width when decoding for evaluation and inference (1: greedy)")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class ModelConfig:
     tie_weights: bool = option(False, "lm: share the embedding and output matrices (needs --embed == --hidden)")
     pooling: str = option("last", "many-to-one: summarise the outputs by the last step, mean or max",
                           choices=("last", "mean", "max"))
+    attention: str = option("none", "seq2seq, caption: the decoder attends over the encoder's outputs or image regions",
+                            choices=("none", "additive", "multiplicative"))
     engine: str = option("auto", "rnnkit engine: auto, reference, cpu")
     crf: bool = option(False, "tag: a linear-chain CRF output layer (Viterbi decoding) instead of per-token softmax")
     char_embed: int = option(0, "tag: width of each word's character features, for unseen words (0: none)")
