@@ -21,7 +21,7 @@ import sys
 
 from . import demo as demo_module
 from .data import DataError, Vocab, describe_sources
-from .tasks import PREDICTORS, TASKS, gradflow, make_task
+from .tasks import PREDICTORS, TASK_DEFAULTS, TASKS, gradflow, make_task
 from .tasks.lm import generate as lm_generate
 from .tasks.models import LanguageModel
 from .train import checkpoint as ckpt
@@ -66,6 +66,8 @@ def given_options(args: argparse.Namespace) -> dict[str, dict]:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     given = given_options(args)
     given["task"]["task"] = args.task
+    for section, values in TASK_DEFAULTS.get(args.task, {}).items():
+        given[section] = {**values, **given[section]}
     return RunConfig.from_dict(given)
 
 

@@ -18,6 +18,13 @@ TASKS = {
 }
 
 
+# Defaults a task changes from the config dataclasses' own ({section: {field: value}}); anything the
+# user types still wins, and config.json stores the resolved values.
+TASK_DEFAULTS: dict[str, dict[str, dict]] = {
+    "tag": {"model": {"bidirectional": True}},  # a tagger reads each word's right context too
+}
+
+
 # Interactive inference, `rnnkit COMMAND INPUT... [--run RUN]`: command (= task name) -> task class with
 #   Task.for_inference(config, task_state) -> a task built without its data set (task_state is
 #       what task.state_dict() returned at training time: vocabularies, class names)
