@@ -35,6 +35,11 @@ class TaskConfig:
     patch: int = option(1, "ucr, fashion-mnist: read this many time steps as one input vector")
     valid_fraction: float = option(0.1, "sentiment, ucr, fashion-mnist, classify: fraction of the training split held out for validation (0: none)")
     beam: int = option(1, "seq2seq, caption: beam width when decoding for evaluation and inference (1: greedy)")
+    max_len: int = option(0, "g2p, translate: longest output decoded, in tokens; translate also keeps only verse pairs "
+                          "of at most this many words on each side (0: 2 x source length + 10, every pair)")
+    vocab_size: int = option(0, "translate: words kept per language, most frequent first (0: every word seen twice in training)")
+    teacher_forcing: str = option("1", "g2p, translate: probability P of feeding the decoder the gold previous token, "
+                                  "or START:END for a linear decay over the training steps (scheduled sampling)")
 
 
 @dataclass
