@@ -18,6 +18,7 @@ from .batching import (
 )
 from .errors import DataError
 from .images import FASHION_MNIST_CLASSES, fashion_mnist, parse_idx, read_idx
+from .pos import POS_SPLIT_SEED, POS_TEST_FRACTION, peoples_daily, peoples_daily_splits, read_tagged
 from .sentiment import (
     MOVIE_REVIEWS_SPLIT_SEED,
     MOVIE_REVIEWS_TEST_FRACTION,
@@ -44,6 +45,8 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "MOVIE_REVIEWS_SPLIT_SEED",
     "MOVIE_REVIEWS_TEST_FRACTION",
+    "POS_SPLIT_SEED",
+    "POS_TEST_FRACTION",
     "SOURCES",
     "SequenceDataset",
     "Source",
@@ -66,7 +69,10 @@ __all__ = [
     "movie_reviews_split",
     "num_batches",
     "parse_idx",
+    "peoples_daily",
+    "peoples_daily_splits",
     "read_idx",
+    "read_tagged",
     "read_ts",
     "source",
     "split_fortunes",
