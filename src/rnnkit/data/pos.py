@@ -87,7 +87,7 @@ def held_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(kept, held) sorted indices; `held` is a random round(fraction * n) of range(n), fixed by seed.
 
     >>> held_out(10, 0.2, seed=0)[1]
-    [2, 4]
+    [4, 6]
     """
     take = round(fraction * n)
     if not 0 < take < n:
