@@ -82,18 +82,28 @@ def split_of(testament: str, index: int) -> str:
     return "train"
 
 
-def verse_pairs(split: str | None = None) -> list[tuple[str, str]]:
-    """(English, Spanish) verse pairs in Bible order, of one split or (None) all of them."""
-    if split not in (None, "train", "valid", "test"):
-        raise DataError(f"unknown split {split!r}; use train, valid or test")
+def indexed_pairs() -> list[tuple[str, int, str, str]]:
+    """(testament, index, English, Spanish) for every index entry filled in both modules."""
     root = source("bible").require()
     english, spanish = (root / m for m in BIBLE_MODULES)
-    pairs = []
+    out = []
     for t in TESTAMENTS:
         en, es = verses(english, t), verses(spanish, t)
         if len(en) != len(es):
             raise DataError(f"{english} and {spanish} index {len(en)} and {len(es)} {t} entries; "
                             "they need the same versification (reinstall sword-text-kjv and sword-text-sparv)")
-        pairs += [(e, s) for i, (e, s) in enumerate(zip(en, es))
-                  if e and s and (split is None or split_of(t, i) == split)]
-    return pairs
+        out += [(t, i, e, s) for i, (e, s) in enumerate(zip(en, es)) if e and s]
+    return out
+
+
+def verse_splits() -> dict[str, list[tuple[str, str]]]:
+    """{'train', 'valid', 'test'} -> (English, Spanish) verse pairs in Bible order."""
+    splits = {"train": [], "valid": [], "test": []}
+    for t, i, e, s in indexed_pairs():
+        splits[split_of(t, i)].append((e, s))
+    return splits
+
+
+def verse_pairs() -> list[tuple[str, str]]:
+    """Every (English, Spanish) verse pair in Bible order."""
+    return [(e, s) for _, _, e, s in indexed_pairs()]
