@@ -95,6 +95,8 @@ def cmd_train(args) -> None:
     trainer = Trainer(task, config, folder, resume=bool(args.resume), progress=not args.no_progress)
     trainer.fit()
     if trainer.rank == 0:
+        for path in getattr(task, "save_plots", lambda model, folder: [])(trainer.model, folder):
+            print(f"wrote {path}")  # task-specific plots, such as a seq2seq run's attention heat maps
         print(f"run folder: {folder}")
 
 
