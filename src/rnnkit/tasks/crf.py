@@ -62,6 +62,10 @@ class LinearChainCRF(nn.Module):
         """-log p(tags | x) = log Z - score(tags), per sequence. (B,)"""
         return self.log_partition(emissions, mask) - self.score(emissions, tags, mask)
 
+    def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """The negative log-likelihood, nll(), per sequence. (B,)"""
+        return self.nll(emissions, tags, mask)
+
     @torch.no_grad()
     def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
         """The highest-scoring path of each sequence (Viterbi); padded steps repeat the last tag. (B, T)"""
