@@ -33,7 +33,7 @@ class TaskConfig:
     delay: int = option(100, "copy: blank steps between the symbols and the recall cue")
     examples: int = option(10000, "adding, copy: training examples generated (valid and test get 1000 each)")
     patch: int = option(1, "ucr, fashion-mnist: read this many time steps as one input vector")
-    valid_fraction: float = option(0.1, "sentiment, ucr, fashion-mnist, classify: fraction of the training split held out for validation (0: none)")
+    valid_fraction: float = option(0.1, "sentiment, ucr, fashion-mnist, classify, tag: fraction of the training split held out for validation (0: none)")
     beam: int = option(1, "seq2seq, caption: beam width when decoding for evaluation and inference (1: greedy)")
     max_len: int = option(0, "g2p, translate: longest output decoded, in tokens; translate also keeps only verse pairs "
                           "of at most this many words on each side (0: 2 x source length + 10, every pair)")
