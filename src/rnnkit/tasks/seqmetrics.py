@@ -72,4 +72,6 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"bleu: {len(hypotheses)} hypotheses for {len(references)} references")
-    return float(sacrebleu_module().corpus_bleu(list(hypotheses), [list(references)], tokenize="none").score)
+    # force: the text is tokenised on purpose, which sacrebleu would otherwise warn about on stderr
+    score = sacrebleu_module().corpus_bleu(list(hypotheses), [list(references)], tokenize="none", force=True)
+    return float(score.score)
