@@ -8,6 +8,8 @@ the adding problem's shape.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
 
@@ -87,6 +89,7 @@ class ManyToOneTask:
 # ---------------------------------------------------------------- data sets -> tasks
 
 PAD = "<pad>"  # token id 0, the padding_idx of the classifier's embedding
+MIN_WORD_COUNT = 2  # words seen once in training read as <unk>, so <unk>'s embedding is trained too
 
 
 def with_valid(train: SequenceDataset, labels, fraction: float) -> dict[str, SequenceDataset]:
@@ -99,9 +102,16 @@ def with_valid(train: SequenceDataset, labels, fraction: float) -> dict[str, Seq
 
 
 def text_task(config: RunConfig, train_texts, train_labels, test_texts, test_labels, classes=None) -> ManyToOneTask:
-    """Word-level text classification; the vocabulary comes from the training split only."""
+    """Word-level text classification; the vocabulary comes from the training split only.
+
+    It holds the words seen at least MIN_WORD_COUNT times; rarer training words become <unk>,
+    the token every unseen test word maps to, so the model learns what an unknown word means
+    instead of reading test words through an embedding that training never touched.
+    """
     train_tokens = [tokenize(t.lower(), "word") for t in train_texts]
-    vocab = Vocab.build((w for ts in train_tokens for w in ts), min_count=1, specials=(PAD, UNK))
+    counts = Counter(w for ts in train_tokens for w in ts)
+    min_count = MIN_WORD_COUNT if max(counts.values(), default=0) >= MIN_WORD_COUNT else 1  # tiny data: keep all
+    vocab = Vocab.build(counts.elements(), min_count=min_count, specials=(PAD, UNK))
     encode = lambda tokens: torch.tensor(vocab.encode(tokens) or [vocab.stoi[UNK]])  # an empty text reads as <unk>
     train = SequenceDataset([encode(ts) for ts in train_tokens], train_labels)
     test = SequenceDataset([encode(tokenize(t.lower(), "word")) for t in test_texts], test_labels)
