@@ -317,3 +317,12 @@ def test_emoji_names_and_rendering():
         assert (image < 250).any(-1).mean() > 0.1 and len({tuple(p) for p in image.reshape(-1, 3)}) > 10
         border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
         assert (border == 255).all()
+
+
+@pytest.mark.parametrize("option, message", [(["--batch-size", "11"], "larger than the 10 training images"),
+                                             (["--beam", "0"], "--beam must be at least 1"),
+                                             (["--bidirectional"], "--bidirectional does not apply")])
+def test_bad_settings_are_one_line(option, message, capsys, tiny_data):
+    assert cli.main(["train", "caption", *TINY, *option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -124,8 +124,10 @@ class CaptionTask:
         if config.task.beam < 1:
             raise ValueError(f"--beam must be at least 1, got {config.task.beam}")
         self.config, self.vocab, self.max_len = config, vocab, max_len
-        self.splits = splits or {}  # split -> (images (N, 3, H, W) uint8, captions)
+        self.splits = splits or {}  # split -> (images (N, 3, H, W) uint8, captions); none for inference
         self.baseline: dict[str, list[str]] = {}  # split -> nearest-neighbour captions, computed once
+        if "train" in self.splits:
+            self.train_inputs, self.train_targets = encode_captions(self.splits["train"][1], vocab)  # (N, T) each
 
     @classmethod
     def from_data(cls, config: RunConfig) -> "CaptionTask":
@@ -137,9 +139,7 @@ class CaptionTask:
             raise DataError(f"batch size {config.train.batch_size} is larger than the {len(train_captions)} training "
                             f"images; pass --batch-size {len(train_captions)} or less")
         max_len = max(len(c.split()) for c in train_captions) + 1  # words and <eos>
-        task = cls(config, build_vocab(train_captions), max_len, splits)
-        task.train_inputs, task.train_targets = encode_captions(train_captions, task.vocab)
-        return task
+        return cls(config, build_vocab(train_captions), max_len, splits)
 
     @classmethod
     def for_inference(cls, config: RunConfig, task_state: dict) -> "CaptionTask":
