@@ -123,7 +123,8 @@ class TaggedCorpus:
 
     def __init__(self, sentences, vocabs: dict[str, Vocab], seen: set[str] | None = None):
         self.words = [torch.tensor(vocabs["words"].encode(ws)) for ws, _ in sentences]
-        self.chars = [char_ids(ws, vocabs["chars"]) for ws, _ in sentences]
+        cache: dict[str, list[int]] = {}
+        self.chars = [char_ids(ws, vocabs["chars"], cache) for ws, _ in sentences]
         self.tags = [torch.tensor(vocabs["tags"].encode(ts, strict=True) if ts else [0] * len(ws))
                      for ws, ts in sentences]
         self.oov = [torch.tensor([w not in seen for w in ws] if seen is not None else [False] * len(ws))
@@ -151,10 +152,15 @@ def word_chars(word: str) -> str:
     return word if len(word) <= MAX_WORD_CHARS else word[: MAX_WORD_CHARS - 1] + word[-1]
 
 
-def char_ids(words: list[str], chars: Vocab) -> Tensor:
-    """Character ids of each word, zero-padded to the sentence's longest word. (T, C)"""
-    rows = [torch.tensor(chars.encode(word_chars(w))) for w in words]
-    return pad_sequence(rows, batch_first=True)
+def char_ids(words: list[str], chars: Vocab, cache: dict[str, list[int]]) -> Tensor:
+    """Character ids of each word, zero-padded to the sentence's longest word. (T, C)
+
+    `cache` maps a word to its ids: the corpus has 20 times fewer word types than tokens."""
+    rows = [cache[w] if w in cache else cache.setdefault(w, chars.encode(word_chars(w))) for w in words]
+    out = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)
 
 
 def pooled_order(lengths: Tensor, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
