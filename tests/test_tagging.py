@@ -213,6 +213,10 @@ def test_train_tag_end_to_end_learns_the_lexicon(capsys, corpus, tmp_path, outpu
     assert set(test) == {"accuracy", "oov_accuracy", "oov_rate", "loss"}
     assert test["accuracy"] >= 0.95, test
 
+    # rnnkit eval RUN: the same test metrics from the best weights
+    assert cli.main(["eval", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == "test  " + "  ".join(f"{k} {v:.4g}" for k, v in test.items())
+
     # rnnkit tag: one line per input, `input<TAB>word/TAG ...`, the lexicon's tags
     assert cli.main(["tag", "人民 发表 新 的 世纪 。", "中国 ，", "--run", str(folder)]) == 0
     out = capsys.readouterr().out.splitlines()
