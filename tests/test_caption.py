@@ -24,9 +24,10 @@ from rnnkit.data import SOURCES, DataError
 from rnnkit.data import emoji as emoji_data
 from rnnkit.tasks import caption as caption_task
 from rnnkit.tasks import decode
-from rnnkit.tasks.caption import (CaptionTask, bleu4, build_vocab, decode_captions, encode_captions, exact_match,
+from rnnkit.tasks.caption import (CaptionTask, build_vocab, decode_captions, encode_captions, exact_match,
                                   nearest_captions)
 from rnnkit.tasks.caption_model import Captioner
+from rnnkit.tasks.seqmetrics import bleu
 from rnnkit.train.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
 
 MAX_SECONDS = 20  # the limit for one task's tiny end-to-end run
@@ -139,7 +140,7 @@ def test_missing_data_package_is_one_line(capsys, monkeypatch):
 def test_missing_sacrebleu_is_one_line(capsys, monkeypatch, tiny_data):
     monkeypatch.setitem(sys.modules, "sacrebleu", None)  # import sacrebleu now raises ImportError
     with pytest.raises(DataError, match="pip install sacrebleu"):
-        bleu4(["a"], ["a"])
+        bleu(["a"], ["a"])
     assert cli.main(["train", "caption", *TINY, "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install sacrebleu" in err
@@ -224,15 +225,15 @@ def test_encode_and_decode_captions():
                            vocab) == ["blue square", "red", "red red red red"]
 
 
-def test_bleu4_against_hand_computed_values():
-    assert bleu4(["a b c d"], ["a b c d"]) == pytest.approx(100)
+def test_bleu_against_hand_computed_values():
+    assert bleu(["a b c d"], ["a b c d"]) == pytest.approx(100)
     # n-gram precisions 4/5, 3/4, 2/3, 1/2, no brevity penalty
-    assert bleu4(["a b c d e"], ["a b c d f"]) == pytest.approx(100 * 0.2 ** 0.25, abs=1e-6)
+    assert bleu(["a b c d e"], ["a b c d f"]) == pytest.approx(100 * 0.2 ** 0.25, abs=1e-6)
     # all precisions 1, hypothesis 4 words for a reference of 6: brevity penalty exp(1 - 6/4)
-    assert bleu4(["a b c d"], ["a b c d e f"]) == pytest.approx(100 * math.exp(-0.5), abs=1e-6)
+    assert bleu(["a b c d"], ["a b c d e f"]) == pytest.approx(100 * math.exp(-0.5), abs=1e-6)
     # corpus level: counts add up over sentences, (7/8 * 5/6 * 3/4 * 1/2) ** (1/4), though the second
     # sentence alone has no 4-gram match
-    corpus = bleu4(["a b c d", "e f g h"], ["a b c d", "e f g x"])
+    corpus = bleu(["a b c d", "e f g h"], ["a b c d", "e f g x"])
     assert corpus == pytest.approx(100 * (7 / 8 * 5 / 6 * 3 / 4 * 1 / 2) ** 0.25, abs=1e-6)
 
 

@@ -6,14 +6,15 @@ it reads <bos> w_1 ... w_n and predicts w_1 ... w_n <eos>, cross-entropy summed 
 Evaluation decodes greedily (--beam 1) or by beam search (--beam K) and scores the captions
 against the references:
 
-    bleu       corpus BLEU-4 of sacrebleu (0-100; its default 13a tokenizer, case-sensitive)
+    bleu       corpus BLEU-4 by sacrebleu (0-100, case-sensitive) over the caption's words, the tokens
+               the model writes (rnnkit.tasks.seqmetrics.bleu: sacrebleu's own tokenizer is off)
     exact      fraction of captions equal to the reference
     nn_bleu, nn_exact   the nearest-neighbour baseline: each image gets the caption of the training
                image closest in pixel space (Euclidean distance of the RGB values; ties go to the
                earlier training image), the score to beat
     loss       teacher-forced cross-entropy per word (nats)
 
->>> round(bleu4(["a b c d e"], ["a b c d f"]), 2)     # 100 * (4/5 * 3/4 * 2/3 * 1/2) ** (1/4) = 100 * 0.2 ** 0.25
+>>> round(bleu(["a b c d e"], ["a b c d f"]), 2)     # 100 * (4/5 * 3/4 * 2/3 * 1/2) ** (1/4) = 100 * 0.2 ** 0.25
 66.87
 >>> exact_match(["red cat", "dog"], ["red cat", "a dog"])
 0.5
@@ -30,21 +31,13 @@ from ..data.emoji import emoji_captions, emoji_split, read_image
 from ..train.config import RunConfig
 from . import decode
 from .caption_model import Captioner
+from .seqmetrics import bleu
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"  # ids 0, 1, 2, 3
 EVAL_BATCH = 256  # evaluation needs no gradient, so larger batches only save time
 
 
-# ---------------------------------------------------------------- metrics and the baseline
-
-
-def bleu4(hypotheses: list[str], references: list[str]) -> float:
-    """Corpus BLEU-4 (0-100) of one hypothesis per reference, by sacrebleu."""
-    try:
-        import sacrebleu
-    except ImportError:
-        raise DataError("BLEU needs the PyPI package sacrebleu: pip install sacrebleu") from None
-    return sacrebleu.corpus_bleu(hypotheses, [references]).score
+# ---------------------------------------------------------------- exact match and the baseline
 
 
 def exact_match(hypotheses: list[str], references: list[str]) -> float:
@@ -211,8 +204,8 @@ class CaptionTask:
         if split not in self.baseline:
             self.baseline[split] = nearest_captions(self.splits["train"][0], self.splits["train"][1], images)
         nearest = self.baseline[split]
-        return {"bleu": bleu4(hypotheses, references), "exact": exact_match(hypotheses, references),
-                "nn_bleu": bleu4(nearest, references), "nn_exact": exact_match(nearest, references),
+        return {"bleu": bleu(hypotheses, references), "exact": exact_match(hypotheses, references),
+                "nn_bleu": bleu(nearest, references), "nn_exact": exact_match(nearest, references),
                 "loss": self.teacher_forced_loss(model, images, references)}
 
     def predict(self, model, inputs: list[str]) -> list[str]:
