@@ -53,6 +53,8 @@ class Run:
 
 
 ADDING = "adding --length 200 --hidden 128 --batch-size 50 --lr 1e-3 --epochs 20"
+POS_TAG = ("--char-embed 32 --embed 100 --hidden 128 --dropout 0.3 --batch-size 32 --lr 2e-3 --epochs 8 "
+           "--max-minutes 25")  # bidirectional LSTM (the tag task's default)
 RUN_LIST = [
     Run("sentiment", "movie-reviews",
         "sentiment --cell gru --bidirectional --pooling max --embed 128 --hidden 128 --dropout 0.5 "
@@ -87,6 +89,9 @@ RUN_LIST = [
     Run("caption", "openmoji",
         "caption --cell lstm --hidden 256 --embed 64 --dropout 0.3 --lr 2e-3 --schedule cosine --epochs 40",
         "bleu", "> 40.17"),
+    # part-of-speech tags, People's Daily 1998: the held-out 10% of sentences (issue 5)
+    Run("pos-tag-crf", "peoples-daily", f"tag --crf {POS_TAG}", "accuracy", ">= 0.95"),
+    Run("pos-tag-softmax", "peoples-daily", f"tag {POS_TAG}", "accuracy"),  # the same model, per-word softmax output
 ]
 
 
