@@ -109,6 +109,19 @@ def test_pooled_batches_cover_every_sentence_once_and_depend_on_seed_and_epoch()
     assert spread < 5  # similar lengths share a batch (a random batch of 8 spans about 45)
 
 
+def test_task_batches_resume_at_any_batch(corpus):
+    from rnnkit.tasks import make_task
+    from rnnkit.train.config import RunConfig, TaskConfig, TrainConfig
+
+    task = make_task(RunConfig(task=TaskConfig(task="tag"), train=TrainConfig(batch_size=4, seed=5)))
+    whole = list(task.batches(epoch=2, start=0))
+    assert len(whole) == task.num_batches() == 17  # 65 training sentences (72 less 7 for validation)
+    tail = list(task.batches(epoch=2, start=9))
+    assert len(tail) == 8 and all(torch.equal(a, b) for x, y in zip(whole[9:], tail) for a, b in zip(x, y))
+    words, chars, lengths, tags = whole[0]
+    assert words.shape == tags.shape == chars.shape[:2] and words.shape[0] == lengths.shape[0] <= 4
+
+
 # ---------------------------------------------------------------- the CRF against brute force
 
 
