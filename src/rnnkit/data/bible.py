@@ -34,7 +34,7 @@ from .sources import BIBLE_MODULES, source
 TESTAMENTS = ("ot", "nt")
 SPLIT_PERCENT = {"test": 5, "valid": 5}     # the rest, 90, is train
 
-_DROPPED = re.compile(r"<(note|title)\b.*?</\1>", re.S)      # footnotes and headings, with their text
+_DROPPED = re.compile(r"<(note|title)\b.*?</\1>", re.DOTALL)      # footnotes and headings, with their text
 _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 
