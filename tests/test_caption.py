@@ -24,8 +24,14 @@ from rnnkit.data import SOURCES, DataError
 from rnnkit.data import emoji as emoji_data
 from rnnkit.tasks import caption as caption_task
 from rnnkit.tasks import decode
-from rnnkit.tasks.caption import (CaptionTask, build_vocab, decode_captions, encode_captions, exact_match,
-                                  nearest_captions)
+from rnnkit.tasks.caption import (
+    CaptionTask,
+    build_vocab,
+    decode_captions,
+    encode_captions,
+    exact_match,
+    nearest_captions,
+)
 from rnnkit.tasks.caption_model import Captioner
 from rnnkit.tasks.seqmetrics import bleu
 from rnnkit.train.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
@@ -268,7 +274,7 @@ def test_task_batches_trim_padding_and_count_words(tiny_data):
     task = CaptionTask.from_data(tiny_config("gru", "none"))
     batches = list(task.batches(epoch=0, start=0))
     assert len(batches) == task.num_batches() == 3  # 10 training images in batches of 4
-    assert list(task.batches(epoch=0, start=2))[0][1].tolist() == batches[2][1].tolist()  # resumable
+    assert next(iter(task.batches(epoch=0, start=2)))[1].tolist() == batches[2][1].tolist()  # resumable
     images, inputs, targets = batches[0]
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 64, 64)
     assert inputs.shape == targets.shape == (4, 3)  # two words and <eos>

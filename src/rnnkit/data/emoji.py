@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .sources import OPENMOJI_FONT, source
+from .sources import source
 
 IMAGE_SIZE = 64  # pixels on a side
 FONT_SIZE = 44  # at 44 px every glyph spans at most 60 rows and 57 columns around the anchor (measured)

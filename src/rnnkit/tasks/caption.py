@@ -123,7 +123,7 @@ class CaptionTask:
             self.train_inputs, self.train_targets = encode_captions(self.splits["train"][1], vocab)  # (N, T) each
 
     @classmethod
-    def from_data(cls, config: RunConfig) -> "CaptionTask":
+    def from_data(cls, config: RunConfig) -> CaptionTask:
         images, captions = load_pairs()
         images = torch.as_tensor(images)
         splits = {name: (images[idx], [captions[i] for i in idx]) for name, idx in emoji_split(len(captions)).items()}
@@ -135,7 +135,7 @@ class CaptionTask:
         return cls(config, build_vocab(train_captions), max_len, splits)
 
     @classmethod
-    def for_inference(cls, config: RunConfig, task_state: dict) -> "CaptionTask":
+    def for_inference(cls, config: RunConfig, task_state: dict) -> CaptionTask:
         return cls(config, Vocab.from_dict(task_state["vocab"]), task_state["max_len"])
 
     def state_dict(self) -> dict:
