@@ -240,6 +240,7 @@ class Seq2SeqTask:
             ax.set_yticks(range(len(hyp)), hyp, fontsize=8)
             ax.set_xlabel("source")
             ax.set_ylabel("output")
+        fig.tight_layout()                            # the output tokens of one map clear the next
         path = os.path.join(folder, "plots", "attention.png")
         save_figure(fig, path)
         plt.close(fig)
