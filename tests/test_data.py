@@ -51,7 +51,8 @@ def needs(name):
 
 
 def test_sources_registry():
-    assert set(SOURCES) == {"stdlib", "fortunes", "movie-reviews", "ucr", "fashion-mnist"}
+    assert set(SOURCES) == {"stdlib", "fortunes", "movie-reviews", "ucr", "fashion-mnist",  # issue 4
+                            "cmudict", "bible", "peoples-daily", "openmoji"}  # issue 5
     rows = describe_sources()
     assert [r[0] for r in rows] == list(SOURCES)
     for name, available, where, description in rows:
