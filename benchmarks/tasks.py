@@ -58,7 +58,7 @@ POS_TAG = ("--char-embed 32 --embed 100 --hidden 128 --dropout 0.3 --batch-size 
            "--max-minutes 25")  # bidirectional LSTM (the tag task's default)
 RUN_LIST = [
     Run("sentiment", "movie-reviews",
-        "sentiment --cell gru --bidirectional --pooling max --embed 128 --hidden 128 --dropout 0.5 "
+        "sentiment --cell gru --bidirectional --layers 2 --pooling max --embed 128 --hidden 128 --dropout 0.5 "
         "--batch-size 64 --lr 2e-3 --epochs 8", "accuracy", ">= 0.78"),
     Run("japanese-vowels", "ucr",
         "ucr --dataset JapaneseVowels --cell gru --bidirectional --pooling mean --dropout 0.3 --hidden 64 --batch-size 16 "
