@@ -47,15 +47,16 @@ class ModelConfig:
     cell: str = option("lstm", "recurrent cell", choices=("lstm", "gru", "rnn", "rnn-relu"))
     layers: int = option(1, "stacked recurrent layers")
     hidden: int = option(128, "hidden units per layer and direction")
-    bidirectional: bool = option(False, "read the sequence in both directions (many-to-one tasks)")
+    bidirectional: bool = option(False, "read the input in both directions (on by default for tag, g2p, translate)")
     dropout: float = option(0.0, "dropout between layers and before the output layer")
     embed: int = option(64, "embedding width for token inputs")
     tie_weights: bool = option(False, "lm: share the embedding and output matrices (needs --embed == --hidden)")
     pooling: str = option("last", "many-to-one: summarise the outputs by the last step, mean or max",
                           choices=("last", "mean", "max"))
-    attention: str = option("none", "seq2seq, caption: the decoder attends over the encoder's outputs or image regions",
+    attention: str = option("none", "g2p, translate, caption: the decoder attends over the encoder's outputs or image "
+                            "regions (g2p and translate default to additive)",
                             choices=("none", "additive", "multiplicative"))
-    engine: str = option("auto", "rnnkit engine: auto, reference, cpu")
+    engine: str = option("auto", "rnnkit engine: auto, reference, cpu, triton")
     crf: bool = option(False, "tag: a linear-chain CRF output layer (Viterbi decoding) instead of per-token softmax")
     char_embed: int = option(0, "tag: width of each word's character features, for unseen words (0: none)")
 
