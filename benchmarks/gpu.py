@@ -39,6 +39,7 @@ import contextlib
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,8 +149,14 @@ def under(name: str, run):
 # ---------------------------------------------------------------- part: correctness
 
 
+def failure(e: BaseException) -> str:
+    """One line for a row that raised: the exception and where (the full traceback goes to stderr)."""
+    traceback.print_exc(file=sys.stderr)
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+
+
 def check_case(label: str, cell: str, steps: int, batch: int, hidden: int, packed: bool, proj=0,
-               nonlinearity="tanh") -> list[dict]:
+               nonlinearity="tanh", strategies=("persistent", "stepwise")) -> list[dict]:
     """Every strategy and dtype of one case against torch.nn in float64."""
     rows = []
     x64 = make_input(steps, batch, hidden, torch.float64, packed)
@@ -162,12 +169,14 @@ def check_case(label: str, cell: str, steps: int, batch: int, hidden: int, packe
         x = make_input(steps, batch, hidden, dtype, packed)
         cudnn = outputs_and_grads(build(cell, hidden, hidden, dtype, None, proj, nonlinearity), x)
         cudnn_err = max(relative_error(a, b) for a, b in zip(cudnn, truth, strict=True))
-        for name in ("persistent", "stepwise"):
+        for name in strategies:
+            print(f"  ...  {label:34s} triton {name} {dtype}", flush=True)  # the last line shows where a hang is
             try:
                 with strategy(name):
                     got = outputs_and_grads(build(cell, hidden, hidden, dtype, "triton", proj, nonlinearity), x)
-            except RuntimeError as e:  # e.g. a persistent grid that does not fit this GPU
-                rows.append({"case": label, "who": f"triton {name} {dtype}", "error": str(e), "ok": False})
+                    torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001  (a grid that does not fit, a compile error: report, go on)
+                rows.append({"case": label, "who": f"triton {name} {dtype}", "error": failure(e), "ok": False})
                 continue
             errs = [relative_error(a, b) for a, b in zip(got, truth, strict=True)]
             rows.append({"case": label, "who": f"triton {name} {dtype}", "max_rel_err": max(errs),
@@ -180,7 +189,7 @@ def check_case(label: str, cell: str, steps: int, batch: int, hidden: int, packe
     return rows
 
 
-def part_check(quick: bool) -> list[dict]:
+def part_check(quick: bool, strategies: tuple[str, ...], save) -> list[dict]:
     cases = [("LSTM T100 B16 H256 padded", "LSTM", 100, 16, 256, False, 0, "tanh"),
              ("GRU T100 B16 H256 padded", "GRU", 100, 16, 256, False, 0, "tanh"),
              ("LSTM T100 B64 H512 packed", "LSTM", 100, 64, 512, True, 0, "tanh"),
@@ -190,7 +199,12 @@ def part_check(quick: bool) -> list[dict]:
              ("LSTM proj64 T50 B8 H128 packed", "LSTM", 50, 8, 128, True, 64, "tanh")]
     rows = []
     for case in cases[:2] if quick else cases:
-        rows += check_case(*case)
+        try:
+            rows += check_case(*case, strategies=strategies)
+        except Exception as e:  # noqa: BLE001  (the float64 ground truth itself failed)
+            rows.append({"case": case[0], "who": "case", "error": failure(e), "ok": False})
+            print(f"  FAIL {case[0]:34s} {rows[-1]['error']}", flush=True)
+        save(rows)
     return rows
 
 
@@ -242,19 +256,23 @@ def time_layer(cell: str, batch: int, hidden: int, dtype, mode: str, row_budget_
     make = forward_run if mode == "forward" else train_run
     auto = tri.choose_strategy(batch, hidden, DEVICE)
     alt = "stepwise" if auto == "persistent" else "persistent"
+    if tri.PERSISTENT_MAX_BATCH == 0:  # --no-persistent
+        alt = None
     runners = {"torch": make(ref, x), "auto": under(auto, make(kit, x))}
     row = {"cell": cell, "T": STEPS, "B": batch, "H": hidden, "dtype": str(dtype).removeprefix("torch."),
            "mode": mode, "auto_strategy": auto, "alt_strategy": alt}
     if (why := sane(mode, runners["auto"], runners["torch"], dtype)) is not None:
         return {**row, "failed": why}
     try:
+        if alt is None:
+            raise RuntimeError("the persistent strategy is off (--no-persistent)")
         alt_run = under(alt, make(kit, x))
         if (why := sane(mode, alt_run, runners["torch"], dtype)) is None:
             runners["alt"] = alt_run
         else:
             row["alt_failed"] = why
-    except RuntimeError as e:  # the persistent grid does not fit: no alternative to time
-        row["alt_failed"] = str(e)
+    except Exception as e:  # noqa: BLE001  (the persistent grid does not fit: no alternative to time)
+        row["alt_failed"] = failure(e) if not isinstance(e, RuntimeError) else str(e)
     ms, first, rounds = time_runners(runners, row_budget_s)
     row.update({f"{n}_ms": v for n, v in ms.items()}, **{f"{n}_first_ms": v for n, v in first.items()},
                rounds=rounds, ratio=ms["torch"] / ms["auto"])
@@ -346,8 +364,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=float, default=360.0, help="seconds after which remaining rows are skipped")
     p.add_argument("--quick", action="store_true", help="smoke run: two checks, B in {1, 64}, H=256, bfloat16")
+    p.add_argument("--parts", default="check,layers,packed",
+                   help="comma-separated parts to run, of check, layers, packed (default: all three)")
+    p.add_argument("--no-persistent", action="store_true",
+                   help="stepwise strategy only (for a GPU where the persistent kernel's barrier fails)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.parts = tuple(args.parts.split(","))
+    if unknown := set(args.parts) - {"check", "layers", "packed"}:
+        p.error(f"--parts takes check, layers and packed, got {', '.join(sorted(unknown))}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -363,53 +389,65 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     tri.TF32 = False
+    if args.no_persistent:
+        tri.PERSISTENT_MAX_BATCH = 0  # choose_strategy then always answers "stepwise"
     props = torch.cuda.get_device_properties(DEVICE)
     info = machine_info(torch.get_num_threads())
     info.update(gpu=props.name, sms=props.multi_processor_count, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                 cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), triton=triton.__version__)
-    payload = {"machine": info, "quick": args.quick, "tf32": False, "complete": False,
+    payload = {"machine": info, "quick": args.quick, "tf32": False, "complete": False, "parts": list(args.parts),
                "heuristic": {"PERSISTENT_MAX_BATCH": tri.PERSISTENT_MAX_BATCH,
-                             "RESIDENT_MAX_BYTES": tri.RESIDENT_MAX_BYTES, "CUDA_GRAPHS": tri.CUDA_GRAPHS}}
+                             "RESIDENT_MAX_BYTES": tri.RESIDENT_MAX_BYTES, "CUDA_GRAPHS": tri.CUDA_GRAPHS},
+               "check": [], "layers": [], "packed": []}
     print(f"GPU: {props.name}, {props.multi_processor_count} SMs | torch {torch.__version__} | CUDA {torch.version.cuda} "
           f"| cuDNN {info['cudnn']} | triton {triton.__version__} | {info['date']}", flush=True)
     start = time.perf_counter()
 
-    def save():
+    def save(check_rows=None):
+        if check_rows is not None:
+            payload["check"] = check_rows
         payload["elapsed_s"] = time.perf_counter() - start
         write_json_atomic(args.out, payload)
 
-    print("\ncorrectness (relative error against torch.nn in float64; bound 1e-3 float32, 1e-2 bfloat16)")
-    payload["check"] = part_check(args.quick)
-    save()
+    if "check" in args.parts:
+        print("\ncorrectness (relative error against torch.nn in float64; bound 1e-3 float32, 1e-2 bfloat16)")
+        strategies = ("stepwise",) if args.no_persistent else ("persistent", "stepwise")
+        save(part_check(args.quick, strategies, save))
 
     batches, hiddens, dtypes = ((1, 64), (256,), ("bf16",)) if args.quick else (BATCHES, HIDDENS, ("bf16", "f32"))
-    configs = [(d, c, h, b, m) for d in dtypes for c in CELLS for h in hiddens for b in batches
-               for m in ("forward", "train")]
+    # the order is the order of importance, in case the budget runs out: bfloat16 layers, packed, float32 layers
+    jobs = [("layers", (d, c, h, b, m)) for d in dtypes[:1] for c in CELLS for h in hiddens for b in batches
+            for m in ("forward", "train")] if "layers" in args.parts else []
+    jobs += [("packed", (c, m)) for c in CELLS for m in ("forward", "train")] if "packed" in args.parts else []
+    jobs += [("layers", (d, c, h, b, m)) for d in dtypes[1:] for c in CELLS for h in hiddens for b in batches
+             for m in ("forward", "train")] if "layers" in args.parts else []
     left = args.budget - (time.perf_counter() - start)
-    row_budget = max(0.3, 0.6 * left / (len(configs) + 4)) / 2  # half of each row's share for timed rounds
-    print(f"\nlayers: {len(configs)} rows, about {row_budget:.1f} s of timed rounds each", flush=True)
-    payload["layers"] = []
-    for d, cell, hidden, batch, mode in configs:
-        row_id = {"cell": cell, "dtype": str(DTYPES[d]).removeprefix("torch."), "B": batch, "H": hidden, "mode": mode}
+    row_budget = max(0.3, 0.6 * left / max(1, len(jobs))) / 2  # half of each row's share for timed rounds
+    print(f"\ntiming: {len(jobs)} rows, about {row_budget:.1f} s of timed rounds each", flush=True)
+    for part, job in jobs:
+        if part == "layers":
+            d, cell, hidden, batch, mode = job
+            row_id = {"cell": cell, "dtype": str(DTYPES[d]).removeprefix("torch."), "B": batch, "H": hidden,
+                      "mode": mode}
+        else:
+            cell, mode = job
+            row_id = {"cell": cell, "mode": mode}
         if time.perf_counter() - start > args.budget:
-            payload["layers"].append({**row_id, "skipped": "time budget"})
-            continue
-        row = time_layer(cell, batch, hidden, DTYPES[d], mode, row_budget)
-        payload["layers"].append(row)
-        print(format_layers([row]).splitlines()[-1], flush=True)
+            row = {**row_id, "skipped": "time budget"}
+        else:
+            try:
+                row = (time_layer(cell, batch, hidden, DTYPES[d], mode, row_budget) if part == "layers"
+                       else time_packed(cell, mode, row_budget))
+            except Exception as e:  # noqa: BLE001  (report the row, go on with the next)
+                row = {**row_id, "failed": failure(e)}
+        payload[part].append(row)
+        if part == "layers":
+            print(format_layers([row]).splitlines()[-1], flush=True)
+        else:
+            print("packed " + format_packed([row]).splitlines()[-1], flush=True)
         save()
         tri._graphs.clear()  # the captured graphs' static buffers of this row
         torch.cuda.empty_cache()
-
-    print("\npacked (bfloat16, lengths spread over [T/2, T]) against the same batch padded", flush=True)
-    payload["packed"] = []
-    for cell in CELLS:
-        for mode in ("forward", "train"):
-            if time.perf_counter() - start > args.budget + 30:
-                payload["packed"].append({"cell": cell, "mode": mode, "skipped": "time budget"})
-                continue
-            payload["packed"].append(time_packed(cell, mode, row_budget))
-            save()
 
     payload["graph_error"] = tri.graph_error  # set if CUDA graph capture failed (stepwise then launched per step)
     payload["complete"] = True

@@ -42,6 +42,9 @@ import triton.language as tl
 from triton import knobs
 
 INTERPRETED = bool(knobs.runtime.interpret)  # how the kernels below were decorated
+# Stepwise launches pass a different k0, k1 every step; Triton would otherwise compile a variant for
+# each of their value classes (== 1, divisible by 16, other).
+NOT_SPECIALIZED = ["k0", "k1"]
 
 
 # ---------------------------------------------------------------- helpers
@@ -90,6 +93,7 @@ def grid_barrier(sync_ptr, count):
     release: this program's stores are visible before its arrival is; acquire: the stores of every
     program that arrived are visible to this program's loads after the wait.
     """
+    tl.debug_barrier()  # every warp of this program has stored its part before the arrival is counted
     tl.atomic_add(sync_ptr, 1, sem="release")
     target = count * tl.num_programs(0) * tl.num_programs(1)
     while tl.atomic_add(sync_ptr, 0, sem="acquire") < target:
@@ -171,7 +175,7 @@ def row_offsets(off, rows, width, cols):
 # ---------------------------------------------------------------- RNN (tanh, relu)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NOT_SPECIALIZED)
 def rnn_forward(xp_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, out_ptr, h_n_ptr, sizes_ptr, offsets_ptr, sync_ptr,
                 T, k0, k1, H,
                 REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_BIAS: tl.constexpr, SYNC: tl.constexpr,
@@ -203,7 +207,7 @@ def rnn_forward(xp_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, out_ptr, h_n_ptr, sizes_ptr,
             grid_barrier(sync_ptr, k - k0 + 1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NOT_SPECIALIZED)
 def rnn_backward(w_hh_ptr, out_ptr, d_out_ptr, d_state_ptr, dpre_ptr, sizes_ptr, offsets_ptr, sync_ptr,
                  T, k0, k1, H,
                  REVERSE: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr, DO_GATES: tl.constexpr,
@@ -245,7 +249,7 @@ def rnn_backward(w_hh_ptr, out_ptr, d_out_ptr, d_state_ptr, dpre_ptr, sizes_ptr,
 # ---------------------------------------------------------------- LSTM (with and without projection)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NOT_SPECIALIZED)
 def lstm_forward(xp_ptr, w_hh_ptr, b_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr,
                  out_ptr, cs_ptr, gates_ptr, m_ptr, h_n_ptr, c_n_ptr, sizes_ptr, offsets_ptr, sync_ptr,
                  T, k0, k1, H, P,
@@ -341,7 +345,7 @@ def lstm_forward(xp_ptr, w_hh_ptr, b_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr,
                 grid_barrier(sync_ptr, k - k0 + 1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NOT_SPECIALIZED)
 def lstm_backward(w_hh_ptr, w_hr_ptr, c0_ptr, cs_ptr, gates_ptr, d_out_ptr, d_state_ptr, dc_state_ptr,
                   dgates_ptr, dh_total_ptr, sizes_ptr, offsets_ptr, sync_ptr,
                   T, k0, k1, H, P,
@@ -416,7 +420,7 @@ def lstm_backward(w_hh_ptr, w_hr_ptr, c0_ptr, cs_ptr, gates_ptr, d_out_ptr, d_st
 # ---------------------------------------------------------------- GRU
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NOT_SPECIALIZED)
 def gru_forward(xp_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, out_ptr, cache_ptr, h_n_ptr, sizes_ptr, offsets_ptr, sync_ptr,
                 T, k0, k1, H,
                 REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SYNC: tl.constexpr,
@@ -467,7 +471,7 @@ def gru_forward(xp_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, out_ptr, cache_ptr, h_n_ptr,
             grid_barrier(sync_ptr, k - k0 + 1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NOT_SPECIALIZED)
 def gru_backward(w_hh_ptr, h0_ptr, out_ptr, cache_ptr, d_out_ptr, d_state_ptr, dxp_ptr, dhp_n_ptr,
                  sizes_ptr, offsets_ptr, sync_ptr,
                  T, k0, k1, H,
