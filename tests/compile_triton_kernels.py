@@ -45,7 +45,7 @@ def variants():
     """(kernel, constexprs) for what triton.py launches: both strategies, every phase, each flag."""
     tiles = [dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)]
     for sync, tile in itertools.product((True, False), tiles):
-        common = dict(SYNC=sync, REVERSE=sync, PRECISION="ieee", UPCAST=False, **tile)
+        common = dict(SYNC=sync, REVERSE=sync, PRECISION="ieee" if sync else "tf32x3", UPCAST=False, **tile)
         yield K.rnn_forward, dict(common, RELU=False, HAS_BIAS=True)
         yield K.rnn_backward, dict(common, RELU=True, DO_GATES=True, DO_PRODUCT=sync)
         for proj in (False, True):
@@ -87,7 +87,7 @@ def plan_variants():
             sync = fwd.persistent
 
             def tiles(p):
-                return dict(SYNC=sync, REVERSE=False, PRECISION="ieee", UPCAST=False, BLOCK_B=p.block_b,
+                return dict(SYNC=sync, REVERSE=False, PRECISION=tri.F32_PRECISION, UPCAST=False, BLOCK_B=p.block_b,
                             BLOCK_H=p.block_h, BLOCK_K=p.block_k)
             for fn, plan, flags in (
                     (K.lstm_forward, fwd, dict(HAS_BIAS=True, HAS_PROJ=False, DO_GATES=True, DO_PROJ=sync,

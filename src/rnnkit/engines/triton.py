@@ -45,6 +45,10 @@ from .reference import input_projection
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 TF32 = False  # float32 products in TF32 (faster, about 1e-3 relative error): opt in
+# float32 products when TF32 is off. "tf32x3" splits each operand into a TF32 part and a TF32
+# remainder and sums three tensor-core products: float32 accuracy (measured on an H200 in
+# docs/PERFORMANCE.md), where "ieee" falls back to scalar FMA loops several times slower.
+F32_PRECISION = "tf32x3"
 STRATEGY = "auto"  # "auto", "persistent" or "stepwise": tests and benchmarks force one
 CUDA_GRAPHS = True  # stepwise on CUDA: replay captured launches instead of launching each step
 
@@ -90,6 +94,8 @@ BLOCK_K = 32  # reduction width of one tl.dot
 PERSISTENT_MAX_BATCH = 64  # above this a step has enough work to fill the GPU from its own launch
 RESIDENT_MAX_BYTES = 64 * 1024  # LSTM forward: a program keeps its W_hh slice in registers up to this size
 STEPWISE_BLOCK_H = 32
+STEPWISE_BLOCK_B: int | None = None  # rows per stepwise program; None: stepwise_block_b's choice
+STEPWISE_WARPS = 4
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,23 @@ def persistent_block_h(batch: int, hidden: int, sms: int) -> int | None:
     return None
 
 
+def stepwise_block_b(batch: int, hidden: int, sms: int) -> int:
+    """Rows per stepwise program: the tallest tile (16 to 64) that still gives every SM a program.
+
+    Every row tile reads the whole W_hh each step, so taller tiles cut that traffic; but a step's
+    grid must still fill the GPU.
+    """
+    if STEPWISE_BLOCK_B is not None:
+        return STEPWISE_BLOCK_B
+    if sms == 1:  # the interpreter
+        return BLOCK_B
+    cols = math.ceil(hidden / STEPWISE_BLOCK_H)
+    for block_b in (64, 32):
+        if math.ceil(batch / block_b) * cols >= sms:
+            return block_b
+    return BLOCK_B
+
+
 def choose_strategy(batch: int, hidden: int, device: torch.device) -> str:
     """"persistent" for batches up to PERSISTENT_MAX_BATCH whose grid fits one program per SM, else "stepwise".
 
@@ -140,7 +163,8 @@ def make_plan(batch: int, hidden: int, width: int, x: Tensor, keep_w: bool = Fal
     keep_w: the kernel can keep its W_hh slice in registers (the LSTM forward)."""
     strategy = choose_strategy(batch, hidden, x.device)
     if strategy == "stepwise":
-        return Plan(False, BLOCK_B, STEPWISE_BLOCK_H, BLOCK_K, False, 4)
+        return Plan(False, stepwise_block_b(batch, hidden, num_sms(x.device)), STEPWISE_BLOCK_H, BLOCK_K, False,
+                    STEPWISE_WARPS)
     if x.device.type != "cuda":  # interpreter: one program covers every row and column
         block_b, block_h = pow2(batch), pow2(hidden)
     else:
@@ -153,7 +177,7 @@ def make_plan(batch: int, hidden: int, width: int, x: Tensor, keep_w: bool = Fal
 
 
 def precision(x: Tensor) -> str:
-    return "tf32" if TF32 and x.dtype == torch.float32 else "ieee"
+    return "tf32" if TF32 and x.dtype == torch.float32 else F32_PRECISION
 
 
 # ---------------------------------------------------------------- packed layout on the device
