@@ -305,35 +305,43 @@ def time_packed(cell: str, mode: str, row_budget_s: float) -> dict:
 
 # ---------------------------------------------------------------- part: tile tuning
 
-TUNE_SHAPES = ((1, 1024), (16, 1024), (64, 512), (64, 1024), (256, 256), (256, 512), (256, 1024))  # (B, H)
-TUNE_TILES = ((16, 32, 4), (32, 32, 4), (64, 32, 4), (16, 64, 4), (32, 64, 4), (64, 64, 8), (16, 16, 4))  # (rows, cols, warps)
+TUNE_SHAPES = (("bf16", 1, 1024), ("bf16", 16, 512), ("bf16", 64, 1024), ("bf16", 256, 512), ("bf16", 256, 1024),
+               ("f32", 16, 512), ("f32", 64, 1024))  # (dtype, B, H)
+# (name, strategy, module settings of rnnkit.engines.triton while it runs)
+TUNE_VARIANTS = (("pers K32", "persistent", {"PERSISTENT_BLOCK_K": 32}),
+                 ("pers K64", "persistent", {"PERSISTENT_BLOCK_K": 64}),
+                 ("pers K128", "persistent", {"PERSISTENT_BLOCK_K": 128}),
+                 ("pers K128 nores", "persistent", {"PERSISTENT_BLOCK_K": 128, "RESIDENT_MAX_BYTES": 0}),
+                 ("step K32", "stepwise", {"BLOCK_K": 32}),
+                 ("step K64", "stepwise", {"BLOCK_K": 64}),
+                 ("step K128", "stepwise", {"BLOCK_K": 128}))
 
 
 @contextlib.contextmanager
-def stepwise_tile(block_b: int, block_h: int, warps: int):
-    old = tri.STEPWISE_BLOCK_B, tri.STEPWISE_BLOCK_H, tri.STEPWISE_WARPS
-    tri.STEPWISE_BLOCK_B, tri.STEPWISE_BLOCK_H, tri.STEPWISE_WARPS = block_b, block_h, warps
+def settings(values: dict):
+    old = {name: getattr(tri, name) for name in values}
+    for name, value in values.items():
+        setattr(tri, name, value)
     try:
         yield
     finally:
-        tri.STEPWISE_BLOCK_B, tri.STEPWISE_BLOCK_H, tri.STEPWISE_WARPS = old
+        for name, value in old.items():
+            setattr(tri, name, value)
 
 
 def tune_shape(cell: str, batch: int, hidden: int, dtype, mode: str) -> dict:
-    """Triton engine alone, each stepwise tile and the persistent strategy, median ms of 10 alternating rounds."""
+    """Triton engine variants (tiles, strategies) and torch.nn, median ms of 10 alternating rounds."""
     ref, kit = build(cell, hidden, hidden, dtype, None), build(cell, hidden, hidden, dtype, "triton")
     x = make_input(STEPS, batch, hidden, dtype, False)
     make = forward_run if mode == "forward" else train_run
     torch_run = make(ref, x)
     runners, failed = {"torch": torch_run}, {}
-    variants = [(f"step {b}x{h} w{w}", (b, h, w)) for b, h, w in TUNE_TILES]
-    variants += [("persistent", None)] if tri.PERSISTENT_MAX_BATCH and batch <= 64 else []
-    for name, tile in variants:
-        def run(tile=tile, inner=make(kit, x)):
-            if tile is None:
-                with strategy("persistent"):
-                    return inner()
-            with strategy("stepwise"), stepwise_tile(*tile):
+    for name, strat, values in TUNE_VARIANTS:
+        if strat == "persistent" and tri.PERSISTENT_MAX_BATCH == 0:
+            continue
+
+        def run(strat=strat, values=values, inner=make(kit, x)):
+            with strategy(strat), settings(values):
                 return inner()
         try:
             why = sane(mode, run, torch_run, dtype)
@@ -357,11 +365,12 @@ def tune_shape(cell: str, batch: int, hidden: int, dtype, mode: str) -> dict:
 
 def part_tune(save) -> list[dict]:
     rows = []
-    for cell in CELLS:
-        for batch, hidden in TUNE_SHAPES:
+    tri.GRAPH_CACHE_SIZE = 64  # every variant's graphs stay captured while the variants take turns
+    for d, batch, hidden in TUNE_SHAPES:
+        for cell in CELLS:
             for mode in ("forward", "train"):
                 try:
-                    row = tune_shape(cell, batch, hidden, torch.bfloat16, mode)
+                    row = tune_shape(cell, batch, hidden, DTYPES[d], mode)
                 except Exception as e:  # noqa: BLE001
                     row = {"cell": cell, "B": batch, "H": hidden, "mode": mode, "error": failure(e)}
                 rows.append(row)
@@ -370,7 +379,7 @@ def part_tune(save) -> list[dict]:
                 if "ms" in row:
                     ms = row["ms"]
                     cols = " ".join(f"{n.replace('step ', '')}={v:.2f}" for n, v in ms.items())
-                    print(f"  {cell:4s} B={batch:3d} H={hidden:4d} {mode:7s} best {row['best']:18s} {cols}"
+                    print(f"  {cell:4s} {d:4s} B={batch:3d} H={hidden:4d} {mode:7s} best {row['best']:16s} {cols}"
                           + (f" failed: {row['failed']}" if row["failed"] else ""), flush=True)
                 else:
                     print(f"  {cell:4s} B={batch:3d} H={hidden:4d} {mode:7s} ERROR {row['error']}", flush=True)
@@ -513,7 +522,7 @@ def main(argv=None) -> int:
         save(part_check(args.quick, strategies, save))
 
     if "tune" in args.parts:
-        print("\ntiles (bfloat16, Triton engine alone, stepwise tiles rows x cols and warps; ms)", flush=True)
+        print("\nvariants (strategy, reduction tile K, W_hh resident or not; median ms)", flush=True)
         save(part_tune(lambda rows: save(rows, "tune")), "tune")
 
     batches, hiddens, dtypes = ((1, 64), (256,), ("bf16",)) if args.quick else (BATCHES, HIDDENS, ("bf16", "f32"))

@@ -88,10 +88,11 @@ def why_not(x: Tensor) -> str | None:
 # ---------------------------------------------------------------- strategy and tiles
 
 BLOCK_B = 16  # rows per program: tl.dot needs at least 16
-BLOCK_K = 32  # reduction width of one tl.dot
+BLOCK_K = 32  # reduction width of one tl.dot: stepwise
+PERSISTENT_BLOCK_K = 32  # the same, persistent (where W_hh is not kept in registers)
 # Thresholds of the strategy heuristic, set by reasoning and not yet by measurement: to be
 # calibrated from benchmarks/gpu.py's table (docs/PERFORMANCE.md says which are measured).
-PERSISTENT_MAX_BATCH = 64  # above this a step has enough work to fill the GPU from its own launch
+PERSISTENT_MAX_BATCH = 256  # measured on an H200: persistent beat stepwise at every B <= 256 whose grid fits
 RESIDENT_MAX_BYTES = 64 * 1024  # LSTM forward: a program keeps its W_hh slice in registers up to this size
 STEPWISE_BLOCK_H = 32
 STEPWISE_BLOCK_B: int | None = None  # rows per stepwise program; None: stepwise_block_b's choice
@@ -172,8 +173,9 @@ def make_plan(batch: int, hidden: int, width: int, x: Tensor, keep_w: bool = Fal
         if block_h is None:
             raise RuntimeError(f"engine 'triton': a persistent grid for batch {batch} and hidden size {hidden} "
                                f"does not fit on this GPU's {num_sms(x.device)} SMs; use the stepwise strategy")
-    resident = keep_w and 4 * block_h * pow2(width) * x.element_size() <= RESIDENT_MAX_BYTES  # a program's W_hh slice
-    return Plan(True, block_b, block_h, pow2(width) if resident else BLOCK_K, resident, 8 if resident else 4)
+    # a program's W_hh slice in registers; 16-bit only: float32's 3xTF32 products triple the registers and spill
+    resident = keep_w and x.element_size() == 2 and 4 * block_h * pow2(width) * 2 <= RESIDENT_MAX_BYTES
+    return Plan(True, block_b, block_h, pow2(width) if resident else PERSISTENT_BLOCK_K, resident, 8 if resident else 4)
 
 
 def precision(x: Tensor) -> str:
