@@ -257,7 +257,7 @@ def time_layer(cell: str, batch: int, hidden: int, dtype, mode: str, row_budget_
     ref, kit = build(cell, hidden, hidden, dtype, None), build(cell, hidden, hidden, dtype, "triton")
     x = make_input(STEPS, batch, hidden, dtype, False)
     make = forward_run if mode == "forward" else train_run
-    auto = tri.choose_strategy(batch, hidden, DEVICE)
+    auto = tri.choose_strategy(batch, hidden, DEVICE, dtype)
     alt = "stepwise" if auto == "persistent" else "persistent"
     if tri.PERSISTENT_MAX_BATCH == 0:  # --no-persistent
         alt = None
@@ -293,7 +293,7 @@ def time_packed(cell: str, mode: str, row_budget_s: float) -> dict:
     runners = {"torch_padded": make(ref, padded), "triton_padded": make(kit, padded),
                "torch_packed": make(ref, packed), "triton_packed": make(kit, packed)}
     row = {"cell": cell, "T": steps, "B": batch, "H": hidden, "dtype": "bfloat16", "mode": mode,
-           "strategy": tri.choose_strategy(batch, hidden, DEVICE), "lengths": packed_lengths(steps, batch).tolist()}
+           "strategy": tri.choose_strategy(batch, hidden, DEVICE, dtype), "lengths": packed_lengths(steps, batch).tolist()}
     for form in ("padded", "packed"):
         if (why := sane(mode, runners[f"triton_{form}"], runners[f"torch_{form}"], dtype)) is not None:
             return {**row, "failed": f"{form}: {why}"}
@@ -312,9 +312,9 @@ TUNE_VARIANTS = (("pers K32", "persistent", {"PERSISTENT_BLOCK_K": 32}),
                  ("pers K64", "persistent", {"PERSISTENT_BLOCK_K": 64}),
                  ("pers K128", "persistent", {"PERSISTENT_BLOCK_K": 128}),
                  ("pers K128 nores", "persistent", {"PERSISTENT_BLOCK_K": 128, "RESIDENT_MAX_BYTES": 0}),
-                 ("step K32", "stepwise", {"BLOCK_K": 32}),
-                 ("step K64", "stepwise", {"BLOCK_K": 64}),
-                 ("step K128", "stepwise", {"BLOCK_K": 128}))
+                 ("step K32", "stepwise", {"STEPWISE_BLOCK_K": 32}),
+                 ("step K64", "stepwise", {"STEPWISE_BLOCK_K": 64}),
+                 ("step K128", "stepwise", {"STEPWISE_BLOCK_K": 128}))
 
 
 @contextlib.contextmanager

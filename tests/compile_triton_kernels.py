@@ -21,6 +21,7 @@ from triton.compiler import ASTSource
 
 from rnnkit.engines import triton_kernels as K
 
+SHARED_LIMIT = 232448  # bytes per block on an H100/H200 (sm_90), as Triton reports it
 INTS = ("T", "k0", "k1", "H", "P")
 INT_POINTERS = ("sizes_ptr", "offsets_ptr", "sync_ptr")
 FLOAT32_POINTERS = ("cs_ptr", "gates_ptr", "cache_ptr", "d_state_ptr", "dc_state_ptr")  # float32 whatever the input
@@ -119,8 +120,12 @@ def main() -> int:
     if args.plans:
         for dtype, fn, constexprs, num_warps in plan_variants():
             sig, consts = signature(fn, dtype, constexprs)
-            triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
-                           options={"num_warps": num_warps})
+            kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
+                                    options={"num_warps": num_warps})
+            if kernel.metadata.shared > SHARED_LIMIT:  # else the launch fails with OutOfResources on the GPU
+                print(f"{fn.fn.__name__} {dtype} {constexprs}: {kernel.metadata.shared} bytes of shared memory "
+                      f"> {SHARED_LIMIT}", file=sys.stderr)
+                return 1
             count += 1
         print(f"compiled {count} kernel variants for sm_{args.arch}")
         return 0

@@ -88,11 +88,13 @@ def why_not(x: Tensor) -> str | None:
 # ---------------------------------------------------------------- strategy and tiles
 
 BLOCK_B = 16  # rows per program: tl.dot needs at least 16
-BLOCK_K = 32  # reduction width of one tl.dot: stepwise
-PERSISTENT_BLOCK_K = 32  # the same, persistent (where W_hh is not kept in registers)
-# Thresholds of the strategy heuristic, set by reasoning and not yet by measurement: to be
-# calibrated from benchmarks/gpu.py's table (docs/PERFORMANCE.md says which are measured).
-PERSISTENT_MAX_BATCH = 256  # measured on an H200: persistent beat stepwise at every B <= 256 whose grid fits
+BLOCK_K = 32  # reduction width of one tl.dot under the interpreter: small test sizes still loop over K
+# Tiles and thresholds below were chosen from benchmarks/gpu.py's measurements on an H200
+# (docs/PERFORMANCE.md): its tune part times each alternative against the others in one process.
+STEPWISE_BLOCK_K = 64  # 64 and 128 beat 32 by 10-25%
+PERSISTENT_BLOCK_K: int | None = None  # None: persistent_block_k's choice
+PERSISTENT_MAX_BATCH = 256  # persistent beat stepwise at every B <= 256 whose grid fits (16-bit)
+F32_PERSISTENT_MIN_BATCH = 65  # float32: stepwise was faster at B <= 64 in most shapes, persistent at 256
 RESIDENT_MAX_BYTES = 64 * 1024  # LSTM forward: a program keeps its W_hh slice in registers up to this size
 STEPWISE_BLOCK_H = 32
 STEPWISE_BLOCK_B: int | None = None  # rows per stepwise program; None: stepwise_block_b's choice
@@ -144,8 +146,17 @@ def stepwise_block_b(batch: int, hidden: int, sms: int) -> int:
     return BLOCK_B
 
 
-def choose_strategy(batch: int, hidden: int, device: torch.device) -> str:
-    """"persistent" for batches up to PERSISTENT_MAX_BATCH whose grid fits one program per SM, else "stepwise".
+def persistent_block_k(block_h: int, element_size: int) -> int:
+    """Reduction tile of the persistent kernels: wide (fewer dependent loads per step), within 16 KB of W per
+    step of the K loop (wider tiles ran out of shared memory), at most 128 (16-bit) or 64 (float32)."""
+    if PERSISTENT_BLOCK_K is not None:
+        return PERSISTENT_BLOCK_K
+    return min(128 if element_size == 2 else 64, 16384 // (block_h * element_size))
+
+
+def choose_strategy(batch: int, hidden: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """"persistent" for batches up to PERSISTENT_MAX_BATCH whose grid fits one program per SM, else "stepwise";
+    float32 batches of up to 64 rows go stepwise too (measured faster).
 
     Small batches leave a step too little work to repay its launches, and keeping W_hh on chip
     matters most there; large batches fill the GPU from one step's launch. Under the interpreter
@@ -156,17 +167,18 @@ def choose_strategy(batch: int, hidden: int, device: torch.device) -> str:
     if device.type != "cuda":
         return "stepwise"
     fits = persistent_block_h(batch, hidden, num_sms(device)) is not None
-    return "persistent" if batch <= PERSISTENT_MAX_BATCH and fits else "stepwise"
+    small_f32 = dtype == torch.float32 and batch < F32_PERSISTENT_MIN_BATCH
+    return "persistent" if batch <= PERSISTENT_MAX_BATCH and fits and not small_f32 else "stepwise"
 
 
 def make_plan(batch: int, hidden: int, width: int, x: Tensor, keep_w: bool = False) -> Plan:
     """Tiles for one call. width: the reduction length of the forward's recurrent product (P);
     keep_w: the kernel can keep its W_hh slice in registers (the LSTM forward)."""
-    strategy = choose_strategy(batch, hidden, x.device)
+    strategy, cuda = choose_strategy(batch, hidden, x.device, x.dtype), x.device.type == "cuda"
     if strategy == "stepwise":
-        return Plan(False, stepwise_block_b(batch, hidden, num_sms(x.device)), STEPWISE_BLOCK_H, BLOCK_K, False,
-                    STEPWISE_WARPS)
-    if x.device.type != "cuda":  # interpreter: one program covers every row and column
+        return Plan(False, stepwise_block_b(batch, hidden, num_sms(x.device)), STEPWISE_BLOCK_H,
+                    STEPWISE_BLOCK_K if cuda else BLOCK_K, False, STEPWISE_WARPS)
+    if not cuda:  # interpreter: one program covers every row and column
         block_b, block_h = pow2(batch), pow2(hidden)
     else:
         block_b, block_h = BLOCK_B, persistent_block_h(batch, hidden, num_sms(x.device))
@@ -175,7 +187,8 @@ def make_plan(batch: int, hidden: int, width: int, x: Tensor, keep_w: bool = Fal
                                f"does not fit on this GPU's {num_sms(x.device)} SMs; use the stepwise strategy")
     # a program's W_hh slice in registers; 16-bit only: float32's 3xTF32 products triple the registers and spill
     resident = keep_w and x.element_size() == 2 and 4 * block_h * pow2(width) * 2 <= RESIDENT_MAX_BYTES
-    return Plan(True, block_b, block_h, pow2(width) if resident else PERSISTENT_BLOCK_K, resident, 8 if resident else 4)
+    block_k = pow2(width) if resident else persistent_block_k(block_h, x.element_size()) if cuda else BLOCK_K
+    return Plan(True, block_b, block_h, block_k, resident, 8 if resident else 4)
 
 
 def precision(x: Tensor) -> str:
