@@ -23,11 +23,15 @@ torch.cuda.synchronize(), so launch overhead counts for both; each row reports t
 row is timed the Triton engine's outputs (and gradients, in train mode) are compared with torch.nn's in
 the same dtype (bounds below); a row that fails is reported and not timed. The first call of each
 contender (Triton compiles kernels and captures CUDA graphs then) is timed separately as first_ms.
-No row starts after --budget seconds, which is meant to keep the whole script under 8 minutes on one
-H100 (its run time there is not yet measured); skipped rows are listed, never estimated.
+No row starts after --budget seconds; skipped rows are listed, never estimated. On an H200 the check
+took 27 s and the 100 timed rows 89 s (2026-11-28, docs/PERFORMANCE.md).
+
+A fourth part, tune (not in the default), times alternative tiles and strategies of the Triton engine
+against each other at a few shapes: the data behind the thresholds in rnnkit/engines/triton.py.
 
 Usage (repository root; no install needed):
-    python benchmarks/gpu.py [--budget 360] [--quick] [--out benchmarks/results/gpu.json]
+    python benchmarks/gpu.py [--budget 360] [--quick] [--parts check,layers,packed,tune]
+                             [--persistent-from CHECK_JSON] [--no-persistent] [--out benchmarks/results/gpu.json]
 
 This is a script, not a test; results go to stdout and to a JSON file.
 """

@@ -24,7 +24,7 @@ backward visits them the other way round. "prev" is the step whose state step t 
 
 Precision: matrix operands stay in the input dtype; tl.dot accumulates in float32; gate
 arithmetic, the LSTM cell state and every saved activation (gates, c, GRU cache) are float32.
-float32 operands use PRECISION ("ieee", or "tf32" when allowed). tanh and sigmoid are built
+float32 operands use PRECISION (triton.py's choice: "tf32x3" by default, "tf32" when allowed). tanh and sigmoid are built
 from exp: libdevice's tanh does not run under TRITON_INTERPRET=1.
 
 Under the interpreter (TRITON_INTERPRET=1, read when this module is imported) programs run one
