@@ -69,19 +69,7 @@ def tiny_data(monkeypatch):
     monkeypatch.setattr(caption_task, "load_pairs", tiny_pairs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads (see tests/test_cli.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RNNKIT_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "in_tmp")  # tests/conftest.py
 
 
 def run_cli(capsys, *argv) -> str:

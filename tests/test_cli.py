@@ -170,22 +170,7 @@ def sources(monkeypatch, data_dir) -> Path:
     return data_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads: on a busy two-core machine torch's default two
-    threads made these runs 10 to 40 times slower, and their spinning inflates the CPU time.
-    Module scope, so it also covers the module-scoped runs (lm_run)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(monkeypatch, tmp_path):
-    """Runs land in the test's own folder (the default --out is relative), and errors are not re-raised."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RNNKIT_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "in_tmp")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- helpers

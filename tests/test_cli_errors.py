@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import data_dir, in_tmp, lm_run, one_thread, point_source, sources  # noqa: F401  (fixtures)
+from test_cli import data_dir, lm_run, point_source, sources  # noqa: F401  (fixtures)
 
 from rnnkit import cli
+
+pytestmark = pytest.mark.usefixtures("one_thread", "in_tmp")  # tests/conftest.py
 
 
 def fails(capsys, *argv, match: str) -> str:

@@ -20,12 +20,7 @@ from rnnkit.train.config import ModelConfig
 ATTENTION = (AdditiveAttention, MultiplicativeAttention)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- attention

@@ -121,14 +121,7 @@ def sources(monkeypatch, data_dir) -> Path:
     return data_dir
 
 
-@pytest.fixture(autouse=True)
-def in_tmp(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RNNKIT_DEBUG", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread", "in_tmp")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- readers

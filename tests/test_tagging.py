@@ -61,12 +61,7 @@ def point_source(monkeypatch, location: Path | None) -> None:
                         dataclasses.replace(SOURCES["peoples-daily"], _locate=lambda: location))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- the reader

@@ -1,0 +1,25 @@
+"""Fixtures shared by the test modules that train small models or run the CLI.
+
+A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread", "in_tmp")`.
+"""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads: on a busy two-core machine torch's default two
+    threads made these runs 10 to 40 times slower, and their spinning inflates the CPU time.
+    Module scope, so it also covers module-scoped runs (test_cli.py's lm_run)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def in_tmp(monkeypatch, tmp_path):
+    """Runs land in the test's own folder (the default --out is relative), and errors are not re-raised."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RNNKIT_DEBUG", raising=False)
