@@ -13,7 +13,7 @@ from rnnkit.testing import assert_close
 from rnnkit.train import checkpoint as ckpt
 from rnnkit.train import tbptt
 from rnnkit.train.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
-from rnnkit.train.trainer import Trainer, TrainingError
+from rnnkit.train.trainer import Trainer, TrainingError, improved
 
 TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200))
 SHORT_TEXT = TEXT[:800]  # 4 columns of 200 steps: 12 windows of 16 per epoch
@@ -259,3 +259,28 @@ def test_the_test_split_is_scored_with_the_best_validation_weights(tmp_path):
     assert results["mse"] == fingerprint(model)
     last = ckpt.load(str(tmp_path / "run" / "checkpoint.pt"))["model"]
     assert any(not torch.equal(last[k], best["model"][k]) for k in last)
+
+
+def test_a_validation_tie_keeps_the_weights_with_the_lower_loss(tmp_path):
+    config = adding_config(epochs=3)
+    task = make_task(config)
+    task.metric = "accuracy"
+    task.higher_is_better = True
+    scripted = iter([(0.5, 0.9), (0.5, 0.7), (0.5, 0.8)])  # (accuracy, loss): a three-way tie, epoch 2 lowest loss
+
+    def evaluate(model, split):
+        accuracy, loss = next(scripted) if split == "valid" else (0.0, 0.0)
+        return {"accuracy": accuracy, "loss": loss}
+
+    task.evaluate = evaluate
+    trainer = Trainer(task, config, str(tmp_path / "run"), progress=False, print_fn=quiet)
+    trainer.fit()
+    assert ckpt.load(str(tmp_path / "run" / "best.pt"))["step"] == 2 * task.num_batches()
+    assert (trainer.best, trainer.best_loss) == (0.5, 0.7)
+
+
+def test_improved():
+    assert improved(0.6, 0.5, True) and not improved(0.4, 0.5, True) and improved(0.4, 0.5, False)
+    assert not improved(0.5, 0.5, True)  # a tie without losses keeps the earlier weights
+    assert improved(0.5, 0.5, True, loss=0.7, best_loss=0.8) and not improved(0.5, 0.5, True, 0.9, 0.8)
+    assert improved(0.1, None, False)

@@ -74,8 +74,15 @@ def parameter_grad_norms(model: nn.Module) -> dict[str, float]:
     return {name: float(p.grad.norm()) for name, p in model.named_parameters() if p.grad is not None}
 
 
-def improved(value: float, best: float | None, higher_is_better: bool) -> bool:
-    return best is None or (value > best if higher_is_better else value < best)
+def improved(value: float, best: float | None, higher_is_better: bool, loss: float | None = None,
+             best_loss: float | None = None) -> bool:
+    """Is value better than best? A tie (an accuracy counts whole examples, so ties are common) is
+    broken by the validation loss when both evaluations report one."""
+    if best is None:
+        return True
+    if value == best:
+        return loss is not None and best_loss is not None and loss < best_loss
+    return value > best if higher_is_better else value < best
 
 
 class Trainer:
@@ -102,6 +109,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cfg.amp == "fp16")
         self.step, self.epoch, self.position = 0, 0, 0  # position: next batch index within the epoch
         self.best, self.evals_without_gain, self.carry, self.bad_steps = None, 0, None, 0
+        self.best_loss = None  # the validation loss of the best evaluation, where the task reports one
         if resume:
             self.load(os.path.join(folder, "checkpoint.pt"))
         loss_module = TaskLoss(task, self.model)
@@ -123,7 +131,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
             "rng": ckpt.rng_state(),
-            "progress": {"step": self.step, "epoch": self.epoch, "position": self.position, "best": self.best,
+            "progress": {"step": self.step, "epoch": self.epoch, "position": self.position, "best": self.best, "best_loss": self.best_loss,
                          "evals_without_gain": self.evals_without_gain},
             "carry": distributed.gather(self.carry, self.world),  # every process's rows, for any resume
             "task": self.task.state_dict(),
@@ -141,6 +149,7 @@ class Trainer:
         p = state["progress"]
         self.step, self.epoch, self.position = p["step"], p["epoch"], p["position"]
         self.best, self.evals_without_gain = p["best"], p["evals_without_gain"]
+        self.best_loss = p.get("best_loss")  # absent from checkpoints written before ties were broken by loss
         self.carry = to_device(distributed.shard(state["carry"], self.rank, self.world, dim=1), self.device)
         ckpt.set_rng_state(state["rng"])
 
@@ -211,8 +220,9 @@ class Trainer:
         self.print(f"step {self.step} epoch {self.epoch}: valid {shown}")
         if self.cfg.schedule == "plateau":
             self.scheduler.step(value)
-        if improved(value, self.best, self.task.higher_is_better):
-            self.best, self.evals_without_gain = value, 0
+        loss = metrics.get("loss") if self.task.metric != "loss" else None
+        if improved(value, self.best, self.task.higher_is_better, loss, self.best_loss):
+            self.best, self.best_loss, self.evals_without_gain = value, loss, 0
             if self.run is not None:
                 ckpt.atomic_save({"model": self.model.state_dict(), "step": self.step, "metric": value},
                                  self.run.file("best.pt"))
