@@ -2,8 +2,9 @@
 
 Every run trains through the command line in a subprocess, into benchmarks/results/runs/NAME,
 and its test metrics are read back from the run's results.json (the trainer tests the weights
-with the best validation metric). The summary goes to benchmarks/results/tasks.json and is
-printed as a markdown table: task, target, measured, pass/fail, wall time, command.
+with the best validation metric). The summary goes to benchmarks/results/tasks.json (the runs
+trained now replace their rows; the other rows stay) and the runs of this call are printed as a
+markdown table: task, target, measured, pass/fail, wall time, command.
 
 Usage:
     python benchmarks/tasks.py                       every run (hours on 2 cores)
@@ -145,6 +146,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge(path: Path, rows: list[dict], order: list[str]) -> list[dict]:
+    """The summary in `path` with `rows` replacing the runs of the same name (--only trains a few), in RUN_LIST order."""
+    try:
+        old = {r["name"]: r for r in json.loads(path.read_text())}
+    except (OSError, ValueError, TypeError, KeyError):
+        old = {}
+    old.update({r["name"]: r for r in rows})
+    return sorted(old.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these (see --list)")
@@ -173,7 +184,10 @@ def main() -> int:
         if row is not None:
             rows.append(row)
     ROOT.mkdir(parents=True, exist_ok=True)
-    (ROOT / "tasks.json").write_text(json.dumps(rows, indent=1))
+    merged = merge(ROOT / "tasks.json", rows, [r.name for r in RUN_LIST])
+    tmp = ROOT / "tasks.json.tmp"  # a killed write leaves the previous summary whole
+    tmp.write_text(json.dumps(merged, indent=1))
+    tmp.replace(ROOT / "tasks.json")
     print(table(rows))
     print(f"wrote {ROOT / 'tasks.json'}")
     return 0 if all(r["pass"] is not False for r in rows) else 1
