@@ -284,3 +284,18 @@ def test_improved():
     assert not improved(0.5, 0.5, True)  # a tie without losses keeps the earlier weights
     assert improved(0.5, 0.5, True, loss=0.7, best_loss=0.8) and not improved(0.5, 0.5, True, 0.9, 0.8)
     assert improved(0.1, None, False)
+
+
+def test_a_checkpoint_from_before_ties_were_broken_by_loss_still_resumes(tmp_path):
+    """Checkpoints written before best_loss existed hold no such key: resuming leaves it unset."""
+    folder = str(tmp_path / "run")
+    Trainer(make_task(adding_config(epochs=1)), adding_config(epochs=1), folder, progress=False, print_fn=quiet).fit()
+    path = os.path.join(folder, "checkpoint.pt")
+    old = ckpt.load(path)
+    del old["progress"]["best_loss"]
+    ckpt.atomic_save(old, path)
+    config = adding_config(epochs=2)
+    trainer = Trainer(make_task(config), config, folder, resume=True, progress=False, print_fn=quiet)
+    assert trainer.best == old["progress"]["best"] and trainer.best_loss is None
+    trainer.fit()
+    assert trainer.epoch == 2
