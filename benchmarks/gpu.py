@@ -279,7 +279,7 @@ def time_layer(cell: str, batch: int, hidden: int, dtype, mode: str, row_budget_
         else:
             row["alt_failed"] = why
     except Exception as e:  # noqa: BLE001  (the persistent grid does not fit: no alternative to time)
-        row["alt_failed"] = failure(e) if not isinstance(e, RuntimeError) else str(e)
+        row["alt_failed"] = failure(e)
     ms, first, rounds = time_runners(runners, row_budget_s)
     row.update({f"{n}_ms": v for n, v in ms.items()}, **{f"{n}_first_ms": v for n, v in first.items()},
                rounds=rounds, ratio=ms["torch"] / ms["auto"])
@@ -312,6 +312,7 @@ def time_packed(cell: str, mode: str, row_budget_s: float) -> dict:
 TUNE_SHAPES = (("bf16", 1, 1024), ("bf16", 16, 512), ("bf16", 64, 1024), ("bf16", 256, 512), ("bf16", 256, 1024),
                ("f32", 16, 512), ("f32", 64, 1024))  # (dtype, B, H)
 # (name, strategy, module settings of rnnkit.engines.triton while it runs)
+TUNE_ROW_S = 0.5  # seconds of timed rounds per tuned shape (3 to 30 rounds)
 TUNE_VARIANTS = (("pers K32", "persistent", {"PERSISTENT_BLOCK_K": 32}),
                  ("pers K64", "persistent", {"PERSISTENT_BLOCK_K": 64}),
                  ("pers K128", "persistent", {"PERSISTENT_BLOCK_K": 128}),
@@ -334,7 +335,7 @@ def settings(values: dict):
 
 
 def tune_shape(cell: str, batch: int, hidden: int, dtype, mode: str) -> dict:
-    """Triton engine variants (tiles, strategies) and torch.nn, median ms of 10 alternating rounds."""
+    """Triton engine variants (tiles, strategies) and torch.nn, timed in turns by time_runners."""
     ref, kit = build(cell, hidden, hidden, dtype, None), build(cell, hidden, hidden, dtype, "triton")
     x = make_input(STEPS, batch, hidden, dtype, False)
     make = forward_run if mode == "forward" else train_run
@@ -355,16 +356,10 @@ def tune_shape(cell: str, batch: int, hidden: int, dtype, mode: str) -> dict:
             runners[name] = run
         else:
             failed[name] = why
-    first = {name: sample_ms(r) for name, r in runners.items()}  # graphs captured, kernels compiled
-    samples = {name: [] for name in runners}
-    for i in range(10):
-        names = list(runners)[i % len(runners):] + list(runners)[:i % len(runners)]
-        for name in names:
-            samples[name].append(sample_ms(runners[name]))
-    ms = {n: statistics.median(v) for n, v in samples.items()}
+    ms, first, rounds = time_runners(runners, TUNE_ROW_S)
     best = min((n for n in ms if n != "torch"), key=ms.get, default=None)
     return {"cell": cell, "B": batch, "H": hidden, "dtype": str(dtype).removeprefix("torch."), "mode": mode,
-            "ms": ms, "failed": failed, "best": best, "first_ms": first}
+            "ms": ms, "failed": failed, "best": best, "first_ms": first, "rounds": rounds}
 
 
 def part_tune(save) -> list[dict]:

@@ -46,6 +46,7 @@ def variants():
     """(kernel, constexprs) for what triton.py launches: both strategies, every phase, each flag."""
     tiles = [dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)]
     for sync, tile in itertools.product((True, False), tiles):
+        # both float32 precisions compile: "ieee" (F32_PRECISION can ask for it) and the default "tf32x3"
         common = dict(SYNC=sync, REVERSE=sync, PRECISION="ieee" if sync else "tf32x3", UPCAST=False, **tile)
         yield K.rnn_forward, dict(common, RELU=False, HAS_BIAS=True)
         yield K.rnn_backward, dict(common, RELU=True, DO_GATES=True, DO_PRODUCT=sync)

@@ -196,13 +196,13 @@ def test_why_not_and_selection():
 
 def test_strategy_heuristic():
     cuda = torch.device("cuda")
-    assert tri.choose_strategy(16, 512, torch.device("cpu")) == "stepwise"  # "auto" under the interpreter
+    assert tri.choose_strategy(16, 512, torch.device("cpu"), torch.float32) == "stepwise"  # "auto" under the interpreter
     assert tri.persistent_block_h(16, 1024, 132) == 16  # 1 x 64 programs
     assert tri.persistent_block_h(64, 1024, 132) == 32  # 4 x 32 programs
     assert tri.persistent_block_h(512, 1024, 132) is None  # 32 row tiles x 8 column tiles of 128 > 132
     if torch.cuda.is_available():
-        assert tri.choose_strategy(512, 1024, cuda) == "stepwise"  # no persistent grid fits
-        assert tri.choose_strategy(1, 256, cuda) == "persistent"
+        assert tri.choose_strategy(512, 1024, cuda, torch.bfloat16) == "stepwise"  # no persistent grid fits
+        assert tri.choose_strategy(1, 256, cuda, torch.bfloat16) == "persistent"
         assert tri.choose_strategy(1, 256, cuda, torch.float32) == "stepwise"
     assert tri.persistent_block_k(128, 2) == 64  # 16 KB of W per step of the K loop
     assert tri.persistent_block_k(16, 2) == 128 and tri.persistent_block_k(16, 4) == 64

@@ -131,8 +131,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
             "rng": ckpt.rng_state(),
-            "progress": {"step": self.step, "epoch": self.epoch, "position": self.position, "best": self.best, "best_loss": self.best_loss,
-                         "evals_without_gain": self.evals_without_gain},
+            "progress": {"step": self.step, "epoch": self.epoch, "position": self.position, "best": self.best,
+                         "best_loss": self.best_loss, "evals_without_gain": self.evals_without_gain},
             "carry": distributed.gather(self.carry, self.world),  # every process's rows, for any resume
             "task": self.task.state_dict(),
             "config": self.config.to_dict(),
@@ -220,7 +220,7 @@ class Trainer:
         self.print(f"step {self.step} epoch {self.epoch}: valid {shown}")
         if self.cfg.schedule == "plateau":
             self.scheduler.step(value)
-        loss = metrics.get("loss") if self.task.metric != "loss" else None
+        loss = metrics.get("loss")
         if improved(value, self.best, self.task.higher_is_better, loss, self.best_loss):
             self.best, self.best_loss, self.evals_without_gain = value, loss, 0
             if self.run is not None:
