@@ -23,15 +23,24 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import torch
 from torch import Tensor
 
-from . import cpu, reference, triton
+from . import cpu, ops, reference, triton
 
 ENGINES = {"reference": reference, "cpu": cpu, "triton": triton}
 ENGINE_NAMES = ("auto", *ENGINES)
 
-# what engine="auto" means right now; "auto" lets select decide per input
+# what engine="auto" means right now; "auto" lets select decide per input. Eager code reads the
+# context variable (thread- and task-local). torch.compile cannot trace ContextVar.get, so compiled
+# code reads the module global that `use` also sets, which Dynamo guards on: a graph traced inside a
+# `use` block is traced again outside it.
 _auto_engine: contextvars.ContextVar[str] = contextvars.ContextVar("rnnkit_auto_engine", default="auto")
+_auto_engine_for_compile = "auto"
+
+
+def auto_choice() -> str:
+    return _auto_engine_for_compile if torch.compiler.is_compiling() else _auto_engine.get()
 
 
 def check_name(name: str) -> None:
@@ -48,26 +57,34 @@ def why_not(name: str, x: Tensor) -> str | None:
 def select(name: str, x: Tensor):
     """The run_layer function of engine `name` for input x; "auto" picks the best engine that applies."""
     check_name(name)
-    if name == "auto":
-        name = _auto_engine.get()
+    return ENGINES[resolve(auto_choice() if name == "auto" else name, x.device.type, x.dtype)].run_layer
+
+
+@torch.compiler.assume_constant_result  # for torch.compile: a constant of the trace (its inputs are guarded)
+def resolve(name: str, device_type: str, dtype: torch.dtype) -> str:
+    """The engine that runs a tensor of this device and dtype, or RuntimeError saying why `name` cannot."""
+    x = torch.empty(0, device=device_type, dtype=dtype)
     if name == "auto":
         # triton only for CUDA tensors: under TRITON_INTERPRET=1 it could take CPU tensors, but slowly
-        if x.device.type == "cuda" and why_not("triton", x) is None:
+        if device_type == "cuda" and why_not("triton", x) is None:
             name = "triton"
         else:
             name = "cpu" if why_not("cpu", x) is None else "reference"
     reason = why_not(name, x)
     if reason is not None:
         raise RuntimeError(f"engine {name!r} cannot run here: {reason}")
-    return ENGINES[name].run_layer
+    return name
 
 
 @contextlib.contextmanager
 def use(name: str):
     """Run layers built with engine="auto" on engine `name` inside the block (thread- and task-local)."""
+    global _auto_engine_for_compile
     check_name(name)
-    token = _auto_engine.set(name)
+    token, outer = _auto_engine.set(name), _auto_engine_for_compile
+    _auto_engine_for_compile = name
     try:
         yield
     finally:
         _auto_engine.reset(token)
+        _auto_engine_for_compile = outer

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .reference import NONLINEARITY, saved_shapes  # noqa: F401  (saved_shapes: this engine saves what the reference saves)
+
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -215,27 +217,15 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearit
     return out, h
 
 
-class RNNSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
-        out, h = rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out)
-        ctx.config = batch_sizes, reverse, nonlinearity, b_ih is not None
-        return out, h
-
-    @staticmethod
-    def backward(ctx, d_out, d_h_n):
-        x, h0, w_ih, w_hh, out = ctx.saved_tensors
-        batch_sizes, reverse, nonlinearity, has_bias = ctx.config
-        sizes, offsets = plan(batch_sizes)
-        dpre, hprev, dh = empty(x, *out.shape), empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
-        fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(w_hh), arr(h0), arr(out), arr(d_out), arr(dh), sizes,
-                 offsets, reverse, arr(dpre), arr(hprev))
-        backward_steps(lambda *k: kernels().rnn_backward(*fixed, *k), dh, lambda rows, w_t: linear(dpre[rows], w_t),
-                       w_hh, batch_sizes, reverse, False)
-        dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
-            x, w_ih, dpre, dpre, hprev, has_bias, ctx.needs_input_grad[0])
-        return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+def rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, nonlinearity, out, d_out, d_h_n, need_dx):
+    sizes, offsets = plan(batch_sizes)
+    dpre, hprev, dh = empty(x, *out.shape), empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
+    fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(w_hh), arr(h0), arr(out), arr(d_out), arr(dh), sizes,
+             offsets, reverse, arr(dpre), arr(hprev))
+    backward_steps(lambda *k: kernels().rnn_backward(*fixed, *k), dh, lambda rows, w_t: linear(dpre[rows], w_t),
+                   w_hh, batch_sizes, reverse, False)
+    dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(x, w_ih, dpre, dpre, hprev, has_bias, need_dx)
+    return dx, dh, None, dw_ih, dw_hh, db_ih, db_hh, None
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
@@ -256,33 +246,22 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
     return out, h, c, cs, gates
 
 
-class LSTMSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-        out, h, c, cs, gates = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates)
-        ctx.config = batch_sizes, reverse, b_ih is not None
-        return out, h, c
-
-    @staticmethod
-    def backward(ctx, d_out, d_h_n, d_c_n):
-        x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates = ctx.saved_tensors
-        batch_sizes, reverse, has_bias = ctx.config
-        sizes, offsets = plan(batch_sizes)
-        hidden = c0.shape[1]
-        dgates, hprev, dh_total = empty(x, *gates.shape), empty(x, *out.shape), empty(x, *out.shape)
-        m_all = empty(x, out.shape[0], hidden) if w_hr is not None else empty(x, 0, hidden)
-        dm = empty(x, h0.shape[0], hidden)
-        dh, dc = (d.clone(memory_format=torch.contiguous_format) for d in (d_h_n, d_c_n))
-        w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
-        fixed = (gemm_fn(x.dtype), arr(w_hh), w_hr_, arr(h0), arr(c0), arr(out), arr(cs), arr(gates), arr(d_out),
-                 arr(dh), arr(dc), sizes, offsets, reverse, arr(dgates), arr(hprev), arr(dh_total), arr(m_all), arr(dm))
-        backward_steps(lambda *k: kernels().lstm_backward(*fixed, *k), dh,
-                       lambda rows, w_t: linear(dgates[rows], w_t), w_hh, batch_sizes, reverse, False)
-        dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
-            x, w_ih, dgates, dgates, hprev, has_bias, ctx.needs_input_grad[0])
-        dw_hr = sum_over_steps(dh_total, m_all) if w_hr is not None else None  # sum_t dh_t^T m_t  (P, H)
-        return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
+def lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, cs, gates, d_out, d_h_n, d_c_n,
+                  need_dx):
+    sizes, offsets = plan(batch_sizes)
+    hidden = c0.shape[1]
+    dgates, hprev, dh_total = empty(x, *gates.shape), empty(x, *out.shape), empty(x, *out.shape)
+    m_all = empty(x, out.shape[0], hidden) if w_hr is not None else empty(x, 0, hidden)
+    dm = empty(x, h0.shape[0], hidden)
+    dh, dc = (d.clone(memory_format=torch.contiguous_format) for d in (d_h_n, d_c_n))
+    w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
+    fixed = (gemm_fn(x.dtype), arr(w_hh), w_hr_, arr(h0), arr(c0), arr(out), arr(cs), arr(gates), arr(d_out),
+             arr(dh), arr(dc), sizes, offsets, reverse, arr(dgates), arr(hprev), arr(dh_total), arr(m_all), arr(dm))
+    backward_steps(lambda *k: kernels().lstm_backward(*fixed, *k), dh,
+                   lambda rows, w_t: linear(dgates[rows], w_t), w_hh, batch_sizes, reverse, False)
+    dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(x, w_ih, dgates, dgates, hprev, has_bias, need_dx)
+    dw_hr = sum_over_steps(dh_total, m_all) if w_hr is not None else None  # sum_t dh_t^T m_t  (P, H)
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
@@ -298,56 +277,55 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
     return out, h, cache
 
 
-class GRUSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
-        out, h, cache = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out, cache)
-        ctx.config = batch_sizes, reverse, b_ih is not None
-        return out, h
+def gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, cache, d_out, d_h_n, need_dx):
+    sizes, offsets = plan(batch_sizes)
+    hidden = h0.shape[1]
+    dxp, dhp_n = empty(x, out.shape[0], 3 * hidden), empty(x, out.shape[0], hidden)
+    hprev, dh = empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
+    fixed = (gemm_fn(x.dtype), arr(w_hh), arr(h0), arr(out), arr(cache), arr(d_out), arr(dh), sizes, offsets,
+             reverse, arr(dxp), arr(dhp_n), arr(hprev))
 
-    @staticmethod
-    def backward(ctx, d_out, d_h_n):
-        x, h0, w_ih, w_hh, out, cache = ctx.saved_tensors
-        batch_sizes, reverse, has_bias = ctx.config
-        sizes, offsets = plan(batch_sizes)
-        hidden = h0.shape[1]
-        dxp, dhp_n = empty(x, out.shape[0], 3 * hidden), empty(x, out.shape[0], hidden)
-        hprev, dh = empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
-        fixed = (gemm_fn(x.dtype), arr(w_hh), arr(h0), arr(out), arr(cache), arr(d_out), arr(dh), sizes, offsets,
-                 reverse, arr(dxp), arr(dhp_n), arr(hprev))
+    def step_product(rows, w_t):  # dhp W_hh with dhp = [dxp_r, dxp_z, dhp_n]
+        return linear(dxp[rows, :2 * hidden], w_t[:, :2 * hidden]) + linear(dhp_n[rows], w_t[:, 2 * hidden:])
 
-        def step_product(rows, w_t):  # dhp W_hh with dhp = [dxp_r, dxp_z, dhp_n]
-            return linear(dxp[rows, :2 * hidden], w_t[:, :2 * hidden]) + linear(dhp_n[rows], w_t[:, 2 * hidden:])
-
-        backward_steps(lambda *k: kernels().gru_backward(*fixed, *k), dh, step_product, w_hh, batch_sizes, reverse,
-                       True)
-        dx, dw_ih, db_ih = input_grads(x, w_ih, dxp, has_bias, ctx.needs_input_grad[0])
-        dw_rz, db_rz = recurrent_grads(dxp[:, :2 * hidden], hprev, has_bias)
-        dw_n, db_n = recurrent_grads(dhp_n, hprev, has_bias)
-        dw_hh = torch.cat([dw_rz, dw_n])
-        db_hh = torch.cat([db_rz, db_n]) if has_bias else None
-        return dx, dh, dw_ih, dw_hh, db_ih, db_hh, None, None
+    backward_steps(lambda *k: kernels().gru_backward(*fixed, *k), dh, step_product, w_hh, batch_sizes, reverse,
+                   True)
+    dx, dw_ih, db_ih = input_grads(x, w_ih, dxp, has_bias, need_dx)
+    dw_rz, db_rz = recurrent_grads(dxp[:, :2 * hidden], hprev, has_bias)
+    dw_n, db_n = recurrent_grads(dhp_n, hprev, has_bias)
+    dw_hh = torch.cat([dw_rz, dw_n])
+    db_hh = torch.cat([db_rz, db_n]) if has_bias else None
+    return dx, dh, None, dw_ih, dw_hh, db_ih, db_hh, None
 
 
-def run_layer(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None,
-              w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
-              reverse: bool):
-    """One layer, one direction; the signature of rnnkit.engines.reference.run_layer.
+# ---------------------------------------------------------------- the engine interface (rnnkit.engines.reference's)
 
-    Without gradients to compute (inference), the forward runs without an autograd.Function around it.
-    """
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """One layer, one direction, no autograd: out, h_n, c_n (None unless LSTM), saved (as the reference engine's)."""
     if mode == "LSTM":
-        if not grad:
-            return lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)[:3]
-        return LSTMSequence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+        out, h, c, cs, gates = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+        return out, h, c, (cs, gates)
     if mode == "GRU":
-        run = GRUSequence.apply if grad else gru_forward
-        out, h_n = run(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)[:2]
-        return out, h_n, None
-    nonlinearity = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}[mode]
-    run = RNNSequence.apply if grad else rnn_forward
-    out, h_n = run(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
-    return out, h_n, None
+        out, h, cache = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
+        return out, h, None, (cache,)
+    out, h = rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, NONLINEARITY[mode])
+    return out, h, None, ()
+
+
+def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n,
+             need_dx: bool):
+    """BPTT for `forward`: dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr (None where absent or not needed)."""
+    has_bias = b_ih is not None
+    if mode == "LSTM":
+        return lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, *saved, d_out, d_h_n,
+                             d_c_n, need_dx)
+    if mode == "GRU":
+        return gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, *saved, d_out, d_h_n, need_dx)
+    return rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, NONLINEARITY[mode], out, d_out, d_h_n,
+                        need_dx)
+
+
+def run_layer(*args, **kwargs):
+    """rnnkit.engines.ops.run_layer on this engine (its registered operator)."""
+    from .ops import run_layer
+    return run_layer("cpu", *args, **kwargs)

@@ -133,7 +133,8 @@ def record_step_grads():
     and the vanishing gradient of a tanh RNN shows in it directly.
 
     >>> layer = torch.nn.RNN(3, 4)
-    >>> out, _ = RNNSequence.apply(torch.randn(10, 3), torch.zeros(2, 4), *layer.all_weights[0], (2,) * 5, False, "tanh")
+    >>> out, _, _ = run_layer("RNN_TANH", torch.randn(10, 3), (2,) * 5, torch.zeros(2, 4), None, *layer.all_weights[0],
+    ...                       None, False)
     >>> with record_step_grads() as log:
     ...     out.backward(torch.randn_like(out))
     >>> log[0]["norms"].shape
@@ -174,113 +175,137 @@ def stack(steps, k: int) -> Tensor:
     return torch.cat([s[k] for s in steps])
 
 
-# ---------------------------------------------------------------- one autograd.Function per family
+# ---------------------------------------------------------------- forward and backward per family
+#
+# Each family has a forward that returns (out, h_n, c_n, saved) and a backward that takes saved
+# back; rnnkit.engines.ops registers them as one PyTorch operator with its autograd formula.
+# saved holds what the backward needs beyond the inputs and out (listed in the module docstring).
 
 
-class RNNSequence(torch.autograd.Function):
-    """Elman RNN over a whole sequence; see rnnkit.cells.rnn for the step math."""
-
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
-        step = partial(rnn.forward, w_hh=w_hh, b_hh=b_hh, nonlinearity=nonlinearity)
-        xp = input_projection(x, w_ih, b_ih)  # (N, H)
-        new, _, (h_n,) = bptt_forward(step, xp.split(batch_sizes), (h0,), batch_sizes, reverse)
-        out = stack(new, 0)  # (N, H)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out)
-        ctx.config = batch_sizes, reverse, nonlinearity, b_ih is not None
-        return out, h_n
-
-    @staticmethod
-    def backward(ctx, d_out, d_h_n):
-        x, h0, w_ih, w_hh, out = ctx.saved_tensors
-        batch_sizes, reverse, nonlinearity, has_bias = ctx.config
-        new = [(h,) for h in out.split(batch_sizes)]
-        prev = previous_states(new, (h0,), batch_sizes, reverse)
-        step_backward = partial(rnn.backward, w_hh=w_hh, nonlinearity=nonlinearity)
-        dxp, dhp, _, (dh0,) = bptt_backward(step_backward, d_out.split(batch_sizes), (d_h_n,), new, prev,
-                                            [()] * len(new), batch_sizes, reverse)
-        dx, dw_ih, dw_hh, db_ih, db_hh = shared_weight_grads(
-            x, w_ih, torch.cat(dxp), torch.cat(dhp), stack(prev, 0), has_bias, ctx.needs_input_grad[0])
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
+    """Elman RNN over a whole sequence; see rnnkit.cells.rnn for the step math. Saves nothing beyond out."""
+    step = partial(rnn.forward, w_hh=w_hh, b_hh=b_hh, nonlinearity=nonlinearity)
+    xp = input_projection(x, w_ih, b_ih)  # (N, H)
+    new, _, (h_n,) = bptt_forward(step, xp.split(batch_sizes), (h0,), batch_sizes, reverse)
+    return stack(new, 0), h_n, None, ()  # out (N, H)
 
 
-class LSTMSequence(torch.autograd.Function):
-    """LSTM (optionally with projection) over a whole sequence; see rnnkit.cells.lstm."""
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-        step = partial(lstm.forward, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr)
-        xp = input_projection(x, w_ih, b_ih)  # (N, 4H)
-        new, gates, (h_n, c_n) = bptt_forward(step, xp.split(batch_sizes), (h0, c0), batch_sizes, reverse)
-        out, cs = stack(new, 0), stack(new, 1)  # (N, P), (N, H)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, out, cs, torch.cat(gates))
-        ctx.config = batch_sizes, reverse, b_ih is not None
-        return out, h_n, c_n
-
-    @staticmethod
-    def backward(ctx, d_out, d_h_n, d_c_n):
-        x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates = ctx.saved_tensors
-        batch_sizes, reverse, has_bias = ctx.config
-        new = list(zip(out.split(batch_sizes), cs.split(batch_sizes), strict=True))
-        gates = gates.split(batch_sizes)
-        prev = previous_states(new, (h0, c0), batch_sizes, reverse)
-        step_backward = partial(lstm.backward, w_hh=w_hh, w_hr=w_hr)
-        dxp, dhp, dh_total, (dh0, dc0) = bptt_backward(step_backward, d_out.split(batch_sizes), (d_h_n, d_c_n),
-                                                       new, prev, gates, batch_sizes, reverse)
-        dx, dw_ih, dw_hh, db_ih, db_hh = shared_weight_grads(
-            x, w_ih, torch.cat(dxp), torch.cat(dhp), stack(prev, 0), has_bias, ctx.needs_input_grad[0])
-        dw_hr = None
-        if w_hr is not None:  # h'_t = W_hr m_t at every step: dW_hr = sum_t dh'_t^T m_t
-            m = torch.cat([lstm.projection_input(n, g) for n, g in zip(new, gates, strict=True)])  # (N, H)
-            dw_hr = torch.cat(dh_total).t() @ m  # (P, H)
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
+def rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, nonlinearity, out, saved, d_out, d_h_n,
+                 need_dx):
+    new = [(h,) for h in out.split(batch_sizes)]
+    prev = previous_states(new, (h0,), batch_sizes, reverse)
+    step_backward = partial(rnn.backward, w_hh=w_hh, nonlinearity=nonlinearity)
+    dxp, dhp, _, (dh0,) = bptt_backward(step_backward, d_out.split(batch_sizes), (d_h_n,), new, prev,
+                                        [()] * len(new), batch_sizes, reverse)
+    dx, dw_ih, dw_hh, db_ih, db_hh = shared_weight_grads(
+        x, w_ih, torch.cat(dxp), torch.cat(dhp), stack(prev, 0), has_bias, need_dx)
+    return dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None
 
 
-class GRUSequence(torch.autograd.Function):
-    """GRU over a whole sequence; see rnnkit.cells.gru."""
-
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
-        step = partial(gru.forward, w_hh=w_hh, b_hh=b_hh)
-        xp = input_projection(x, w_ih, b_ih)  # (N, 3H)
-        new, caches, (h_n,) = bptt_forward(step, xp.split(batch_sizes), (h0,), batch_sizes, reverse)
-        out = stack(new, 0)  # (N, H)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out, torch.cat(caches))
-        ctx.config = batch_sizes, reverse, b_ih is not None
-        return out, h_n
-
-    @staticmethod
-    def backward(ctx, d_out, d_h_n):
-        x, h0, w_ih, w_hh, out, caches = ctx.saved_tensors
-        batch_sizes, reverse, has_bias = ctx.config
-        new = [(h,) for h in out.split(batch_sizes)]
-        prev = previous_states(new, (h0,), batch_sizes, reverse)
-        step_backward = partial(gru.backward, w_hh=w_hh)
-        dxp, dhp, _, (dh0,) = bptt_backward(step_backward, d_out.split(batch_sizes), (d_h_n,), new, prev,
-                                            caches.split(batch_sizes), batch_sizes, reverse)
-        dx, dw_ih, dw_hh, db_ih, db_hh = shared_weight_grads(
-            x, w_ih, torch.cat(dxp), torch.cat(dhp), stack(prev, 0), has_bias, ctx.needs_input_grad[0])
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    """LSTM (optionally with projection) over a whole sequence; see rnnkit.cells.lstm. Saves c_t and the gates."""
+    step = partial(lstm.forward, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr)
+    xp = input_projection(x, w_ih, b_ih)  # (N, 4H)
+    new, gates, (h_n, c_n) = bptt_forward(step, xp.split(batch_sizes), (h0, c0), batch_sizes, reverse)
+    return stack(new, 0), h_n, c_n, (stack(new, 1), torch.cat(gates))  # out (N, P); cs (N, H), gates (N, 4H)
 
 
-# ---------------------------------------------------------------- the engine signature
+def lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, saved, d_out, d_h_n, d_c_n,
+                  need_dx):
+    cs, gates = saved
+    new = list(zip(out.split(batch_sizes), cs.split(batch_sizes), strict=True))
+    gates = gates.split(batch_sizes)
+    prev = previous_states(new, (h0, c0), batch_sizes, reverse)
+    step_backward = partial(lstm.backward, w_hh=w_hh, w_hr=w_hr)
+    dxp, dhp, dh_total, (dh0, dc0) = bptt_backward(step_backward, d_out.split(batch_sizes), (d_h_n, d_c_n),
+                                                   new, prev, gates, batch_sizes, reverse)
+    dx, dw_ih, dw_hh, db_ih, db_hh = shared_weight_grads(
+        x, w_ih, torch.cat(dxp), torch.cat(dhp), stack(prev, 0), has_bias, need_dx)
+    dw_hr = None
+    if w_hr is not None:  # h'_t = W_hr m_t at every step: dW_hr = sum_t dh'_t^T m_t
+        m = torch.cat([lstm.projection_input(n, g) for n, g in zip(new, gates, strict=True)])  # (N, H)
+        dw_hr = torch.cat(dh_total).t() @ m  # (P, H)
+    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
-def run_layer(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None,
-              w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
-              reverse: bool):
-    """One layer, one direction. Every engine has this signature.
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
+    """GRU over a whole sequence; see rnnkit.cells.gru. Saves [r, z, n, W_hn h + b_hn] per step."""
+    step = partial(gru.forward, w_hh=w_hh, b_hh=b_hh)
+    xp = input_projection(x, w_ih, b_ih)  # (N, 3H)
+    new, caches, (h_n,) = bptt_forward(step, xp.split(batch_sizes), (h0,), batch_sizes, reverse)
+    return stack(new, 0), h_n, None, (torch.cat(caches),)  # out (N, H); cache (N, 4H)
+
+
+def gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, saved, d_out, d_h_n, need_dx):
+    (caches,) = saved
+    new = [(h,) for h in out.split(batch_sizes)]
+    prev = previous_states(new, (h0,), batch_sizes, reverse)
+    step_backward = partial(gru.backward, w_hh=w_hh)
+    dxp, dhp, _, (dh0,) = bptt_backward(step_backward, d_out.split(batch_sizes), (d_h_n,), new, prev,
+                                        caches.split(batch_sizes), batch_sizes, reverse)
+    dx, dw_ih, dw_hh, db_ih, db_hh = shared_weight_grads(
+        x, w_ih, torch.cat(dxp), torch.cat(dhp), stack(prev, 0), has_bias, need_dx)
+    return dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None
+
+
+# ---------------------------------------------------------------- the engine interface
+
+NONLINEARITY = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}
+
+
+def forward(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None, w_ih: Tensor,
+            w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None, reverse: bool):
+    """One layer, one direction, no autograd. Every engine has this signature.
 
     mode: "RNN_TANH", "RNN_RELU", "LSTM" or "GRU" (torch's names).
     x: (N, I) packed time-major rows; batch_sizes: T python ints, non-increasing, summing to N.
     h0: (B, P or H), c0: (B, H) for LSTM else None, B = batch_sizes[0].
-    Returns out (N, P or H), h_n (B, P or H), c_n (B, H) or None.
+    Returns out (N, P or H), h_n (B, P or H), c_n (B, H) or None, and `saved`, the tuple of tensors
+    `backward` needs beyond the inputs and out (shapes: saved_shapes).
     """
     if mode == "LSTM":
-        return LSTMSequence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+        return lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
     if mode == "GRU":
-        out, h_n = GRUSequence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
-        return out, h_n, None
-    nonlinearity = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}[mode]
-    out, h_n = RNNSequence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
-    return out, h_n, None
+        return gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
+    return rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, NONLINEARITY[mode])
+
+
+def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n,
+             need_dx: bool):
+    """BPTT for `forward`. Returns dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr (None where absent or not needed)."""
+    has_bias = b_ih is not None
+    if mode == "LSTM":
+        return lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, saved, d_out, d_h_n,
+                             d_c_n, need_dx)
+    if mode == "GRU":
+        return gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, saved, d_out, d_h_n, need_dx)
+    return rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, NONLINEARITY[mode], out, saved, d_out,
+                        d_h_n, need_dx)
+
+
+def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool) -> list[tuple[tuple, torch.dtype]]:
+    """Shape and dtype of each tensor `forward` saves, for N rows: what the operator's fake kernel returns."""
+    return {"LSTM": [((n, hidden), dtype), ((n, 4 * hidden), dtype)], "GRU": [((n, 4 * hidden), dtype)]}.get(mode, [])
+
+
+def autograd_forward(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None,
+                     w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
+                     reverse: bool):
+    """The same loop as `forward` in plain torch ops, for autograd to differentiate: (out, h_n, c_n).
+
+    What the hand-derived backward cannot give, this can: derivatives of any order (double backward
+    runs this loop again and differentiates it) and every torch.func transform (grad, vmap, jacrev).
+    """
+    cell = {"LSTM": partial(lstm.forward, w_hr=w_hr), "GRU": gru.forward}.get(mode)
+    if cell is None:
+        cell = partial(rnn.forward, nonlinearity=NONLINEARITY[mode])
+    xp = input_projection(x, w_ih, b_ih)
+    new, _, final = bptt_forward(partial(cell, w_hh=w_hh, b_hh=b_hh), xp.split(batch_sizes),
+                                 (h0,) if c0 is None else (h0, c0), batch_sizes, reverse)
+    return stack(new, 0), final[0], final[1] if c0 is not None else None
+
+
+def run_layer(*args, **kwargs):
+    """rnnkit.engines.ops.run_layer on this engine (its registered operator): out, h_n, c_n."""
+    from .ops import run_layer
+    return run_layer("reference", *args, **kwargs)

@@ -41,7 +41,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .reference import input_projection
+from .reference import NONLINEARITY, input_projection
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -366,38 +366,27 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearit
     return out, h_n
 
 
-class RNNSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
-        out, h_n = rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out)
-        ctx.config = batch_sizes, reverse, nonlinearity, b_ih is not None
-        return out, h_n
+def rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, nonlinearity, out, d_out, d_h_n, need_dx):
+    hidden = w_hh.shape[0]
+    dpre = empty(x, out.shape[0], hidden)  # (N, H) = dxp = dhp
+    d_state = d_h_n.detach().to(torch.float32, copy=True)  # (B, H): d_h_n in, dh_0 out
+    plan = make_plan(h0.shape[0], hidden, hidden, x)
+    sizes, offsets = layout(batch_sizes, x.device)
+    t = dict(w_hh=c(w_hh), out=c(out), d_out=c(d_out), d_state=d_state, dpre=dpre)
+    flags = dict(REVERSE=reverse, RELU=nonlinearity == "relu")
 
-    @staticmethod
-    def backward(ctx, d_out, d_h_n):
-        x, h0, w_ih, w_hh, out = ctx.saved_tensors
-        batch_sizes, reverse, nonlinearity, has_bias = ctx.config
-        hidden = w_hh.shape[0]
-        dpre = empty(x, out.shape[0], hidden)  # (N, H) = dxp = dhp
-        d_state = d_h_n.detach().to(torch.float32, copy=True)  # (B, H): d_h_n in, dh_0 out
-        plan = make_plan(h0.shape[0], hidden, hidden, x)
-        sizes, offsets = layout(batch_sizes, x.device)
-        t = dict(w_hh=c(w_hh), out=c(out), d_out=c(d_out), d_state=d_state, dpre=dpre)
-        flags = dict(REVERSE=reverse, RELU=nonlinearity == "relu")
+    def body(t):
+        run(kernels().rnn_backward, plan, (t["w_hh"], t["out"], t["d_out"], t["d_state"], t["dpre"], sizes,
+                                           offsets), (len(batch_sizes), hidden), flags,
+            [dict(DO_GATES=True, DO_PRODUCT=False), dict(DO_GATES=False, DO_PRODUCT=True)],
+            batch_sizes, reverse, True, x)
 
-        def body(t):
-            run(kernels().rnn_backward, plan, (t["w_hh"], t["out"], t["d_out"], t["d_state"], t["dpre"], sizes,
-                                               offsets), (len(batch_sizes), hidden), flags,
-                [dict(DO_GATES=True, DO_PRODUCT=False), dict(DO_GATES=False, DO_PRODUCT=True)],
-                batch_sizes, reverse, True, x)
-
-        launch(body, t, ("w_hh", "out", "d_out", "d_state"), ("d_state", "dpre"),
-               ("rnn_backward", batch_sizes, plan, *flags.items()), plan)
-        dx, dw_ih, db_ih = input_grads(x, w_ih, dpre, has_bias, ctx.needs_input_grad[0])
-        dw_hh = dpre.t() @ previous_states(h0, out, batch_sizes, reverse)  # sum_t dhp_t^T h_{t-1}  (H, H)
-        db_hh = bias_sum(dpre) if has_bias else None
-        return dx, d_state.to(h0.dtype), dw_ih, dw_hh, db_ih, db_hh, None, None, None
+    launch(body, t, ("w_hh", "out", "d_out", "d_state"), ("d_state", "dpre"),
+           ("rnn_backward", batch_sizes, plan, *flags.items()), plan)
+    dx, dw_ih, db_ih = input_grads(x, w_ih, dpre, has_bias, need_dx)
+    dw_hh = dpre.t() @ previous_states(h0, out, batch_sizes, reverse)  # sum_t dhp_t^T h_{t-1}  (H, H)
+    db_hh = bias_sum(dpre) if has_bias else None
+    return dx, d_state.to(h0.dtype), None, dw_ih, dw_hh, db_ih, db_hh, None
 
 
 # ---------------------------------------------------------------- LSTM
@@ -430,45 +419,35 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
     return out, h_n, c_n, cs, gates, m
 
 
-class LSTMSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-        out, h_n, c_n, cs, gates, m = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates, m)
-        ctx.config = batch_sizes, reverse, b_ih is not None
-        return out, h_n, c_n
+def lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, cs, gates, m, d_out, d_h_n,
+              d_c_n, need_dx):
+    hidden, proj, n = c0.shape[1], h0.shape[1], x.shape[0]
+    has_proj = w_hr is not None
+    dgates = empty(x, n, 4 * hidden)  # (N, 4H) = dxp = dhp
+    dh_total = empty(x, n, proj) if has_proj else x.new_empty(0)  # (N, P) dh_t, for dW_hr
+    d_state = d_h_n.detach().to(torch.float32, copy=True)  # (B, P): d_h_n in, dh_0 out
+    dc_state = d_c_n.detach().to(torch.float32, copy=True)  # (B, H): d_c_n in, dc_0 out
+    plan = make_plan(h0.shape[0], hidden, proj, x)
+    sizes, offsets = layout(batch_sizes, x.device)
+    t = dict(w_hh=c(w_hh), w_hr=c(w_hr) if has_proj else dgates, c0=c(c0), cs=cs, gates=gates, d_out=c(d_out),
+             d_state=d_state, dc_state=dc_state, dgates=dgates, dh_total=dh_total if has_proj else dgates)
+    flags = dict(REVERSE=reverse, HAS_PROJ=has_proj)
+    phases = ([dict(DO_TOTAL=True, DO_GATES=False, DO_PRODUCT=False)] if has_proj else []) + [
+        dict(DO_TOTAL=False, DO_GATES=True, DO_PRODUCT=False), dict(DO_TOTAL=False, DO_GATES=False, DO_PRODUCT=True)]
 
-    @staticmethod
-    def backward(ctx, d_out, d_h_n, d_c_n):
-        x, h0, c0, w_ih, w_hh, w_hr, out, cs, gates, m = ctx.saved_tensors
-        batch_sizes, reverse, has_bias = ctx.config
-        hidden, proj, n = c0.shape[1], h0.shape[1], x.shape[0]
-        has_proj = w_hr is not None
-        dgates = empty(x, n, 4 * hidden)  # (N, 4H) = dxp = dhp
-        dh_total = empty(x, n, proj) if has_proj else x.new_empty(0)  # (N, P) dh_t, for dW_hr
-        d_state = d_h_n.detach().to(torch.float32, copy=True)  # (B, P): d_h_n in, dh_0 out
-        dc_state = d_c_n.detach().to(torch.float32, copy=True)  # (B, H): d_c_n in, dc_0 out
-        plan = make_plan(h0.shape[0], hidden, proj, x)
-        sizes, offsets = layout(batch_sizes, x.device)
-        t = dict(w_hh=c(w_hh), w_hr=c(w_hr) if has_proj else dgates, c0=c(c0), cs=cs, gates=gates, d_out=c(d_out),
-                 d_state=d_state, dc_state=dc_state, dgates=dgates, dh_total=dh_total if has_proj else dgates)
-        flags = dict(REVERSE=reverse, HAS_PROJ=has_proj)
-        phases = ([dict(DO_TOTAL=True, DO_GATES=False, DO_PRODUCT=False)] if has_proj else []) + [
-            dict(DO_TOTAL=False, DO_GATES=True, DO_PRODUCT=False), dict(DO_TOTAL=False, DO_GATES=False, DO_PRODUCT=True)]
+    def body(t):
+        run(kernels().lstm_backward, plan,
+            tuple(t[k] for k in ("w_hh", "w_hr", "c0", "cs", "gates", "d_out", "d_state", "dc_state", "dgates",
+                                 "dh_total")) + (sizes, offsets),
+            (len(batch_sizes), hidden, proj), flags, phases, batch_sizes, reverse, True, x)
 
-        def body(t):
-            run(kernels().lstm_backward, plan,
-                tuple(t[k] for k in ("w_hh", "w_hr", "c0", "cs", "gates", "d_out", "d_state", "dc_state", "dgates",
-                                     "dh_total")) + (sizes, offsets),
-                (len(batch_sizes), hidden, proj), flags, phases, batch_sizes, reverse, True, x)
-
-        launch(body, t, ("w_hh", "w_hr", "c0", "cs", "gates", "d_out", "d_state", "dc_state"),
-               ("d_state", "dc_state", "dgates") + ("dh_total",) * has_proj, ("lstm_backward", batch_sizes, plan, *flags.items()), plan)
-        dx, dw_ih, db_ih = input_grads(x, w_ih, dgates, has_bias, ctx.needs_input_grad[0])
-        dw_hh = dgates.t() @ previous_states(h0, out, batch_sizes, reverse)  # sum_t dhp_t^T h_{t-1}  (4H, P)
-        db_hh = bias_sum(dgates) if has_bias else None
-        dw_hr = dh_total.t() @ m if has_proj else None  # sum_t dh_t^T m_t  (P, H)
-        return dx, d_state.to(h0.dtype), dc_state.to(c0.dtype), dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
+    launch(body, t, ("w_hh", "w_hr", "c0", "cs", "gates", "d_out", "d_state", "dc_state"),
+           ("d_state", "dc_state", "dgates") + ("dh_total",) * has_proj, ("lstm_backward", batch_sizes, plan, *flags.items()), plan)
+    dx, dw_ih, db_ih = input_grads(x, w_ih, dgates, has_bias, need_dx)
+    dw_hh = dgates.t() @ previous_states(h0, out, batch_sizes, reverse)  # sum_t dhp_t^T h_{t-1}  (4H, P)
+    db_hh = bias_sum(dgates) if has_bias else None
+    dw_hr = dh_total.t() @ m if has_proj else None  # sum_t dh_t^T m_t  (P, H)
+    return dx, d_state.to(h0.dtype), dc_state.to(c0.dtype), dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
 # ---------------------------------------------------------------- GRU
@@ -494,66 +473,70 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
     return out, h_n, cache
 
 
-class GRUSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
-        out, h_n, cache = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out, cache)
-        ctx.config = batch_sizes, reverse, b_ih is not None
-        return out, h_n
+def gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, cache, d_out, d_h_n, need_dx):
+    hidden, n = h0.shape[1], x.shape[0]
+    dxp, dhp_n = empty(x, n, 3 * hidden), empty(x, n, hidden)  # dhp = [dxp_r, dxp_z, dhp_n]
+    d_state = d_h_n.detach().to(torch.float32, copy=True)  # (B, H): d_h_n in, dh_0 out
+    plan = make_plan(h0.shape[0], hidden, hidden, x)
+    sizes, offsets = layout(batch_sizes, x.device)
+    t = dict(w_hh=c(w_hh), h0=c(h0), out=c(out), cache=cache, d_out=c(d_out), d_state=d_state, dxp=dxp,
+             dhp_n=dhp_n)
+    flags = dict(REVERSE=reverse)
 
-    @staticmethod
-    def backward(ctx, d_out, d_h_n):
-        x, h0, w_ih, w_hh, out, cache = ctx.saved_tensors
-        batch_sizes, reverse, has_bias = ctx.config
-        hidden, n = h0.shape[1], x.shape[0]
-        dxp, dhp_n = empty(x, n, 3 * hidden), empty(x, n, hidden)  # dhp = [dxp_r, dxp_z, dhp_n]
-        d_state = d_h_n.detach().to(torch.float32, copy=True)  # (B, H): d_h_n in, dh_0 out
-        plan = make_plan(h0.shape[0], hidden, hidden, x)
-        sizes, offsets = layout(batch_sizes, x.device)
-        t = dict(w_hh=c(w_hh), h0=c(h0), out=c(out), cache=cache, d_out=c(d_out), d_state=d_state, dxp=dxp,
-                 dhp_n=dhp_n)
-        flags = dict(REVERSE=reverse)
+    def body(t):
+        run(kernels().gru_backward, plan,
+            tuple(t[k] for k in ("w_hh", "h0", "out", "cache", "d_out", "d_state", "dxp", "dhp_n"))
+            + (sizes, offsets), (len(batch_sizes), hidden), flags,
+            [dict(DO_GATES=True, DO_PRODUCT=False), dict(DO_GATES=False, DO_PRODUCT=True)],
+            batch_sizes, reverse, True, x)
 
-        def body(t):
-            run(kernels().gru_backward, plan,
-                tuple(t[k] for k in ("w_hh", "h0", "out", "cache", "d_out", "d_state", "dxp", "dhp_n"))
-                + (sizes, offsets), (len(batch_sizes), hidden), flags,
-                [dict(DO_GATES=True, DO_PRODUCT=False), dict(DO_GATES=False, DO_PRODUCT=True)],
-                batch_sizes, reverse, True, x)
-
-        launch(body, t, ("w_hh", "h0", "out", "cache", "d_out", "d_state"), ("d_state", "dxp", "dhp_n"),
-               ("gru_backward", batch_sizes, plan, *flags.items()), plan)
-        dx, dw_ih, db_ih = input_grads(x, w_ih, dxp, has_bias, ctx.needs_input_grad[0])
-        h_prev = previous_states(h0, out, batch_sizes, reverse)
-        dw_hh = torch.cat([dxp[:, :2 * hidden].t() @ h_prev, dhp_n.t() @ h_prev])  # (3H, H)
-        db_hh = torch.cat([bias_sum(dxp[:, :2 * hidden]), bias_sum(dhp_n)]) if has_bias else None
-        return dx, d_state.to(h0.dtype), dw_ih, dw_hh, db_ih, db_hh, None, None
+    launch(body, t, ("w_hh", "h0", "out", "cache", "d_out", "d_state"), ("d_state", "dxp", "dhp_n"),
+           ("gru_backward", batch_sizes, plan, *flags.items()), plan)
+    dx, dw_ih, db_ih = input_grads(x, w_ih, dxp, has_bias, need_dx)
+    h_prev = previous_states(h0, out, batch_sizes, reverse)
+    dw_hh = torch.cat([dxp[:, :2 * hidden].t() @ h_prev, dhp_n.t() @ h_prev])  # (3H, H)
+    db_hh = torch.cat([bias_sum(dxp[:, :2 * hidden]), bias_sum(dhp_n)]) if has_bias else None
+    return dx, d_state.to(h0.dtype), None, dw_ih, dw_hh, db_ih, db_hh, None
 
 
 # ---------------------------------------------------------------- the engine signature
 
 
-def run_layer(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None,
-              w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
-              reverse: bool):
-    """One layer, one direction; the signature of rnnkit.engines.reference.run_layer.
-
-    Without gradients to compute (inference), the forward runs without an autograd.Function around it.
-    """
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """One layer, one direction, no autograd: out, h_n, c_n (None unless LSTM), saved (see saved_shapes)."""
     batch_sizes = tuple(int(b) for b in batch_sizes)
     if mode == "LSTM":
-        if not grad:
-            return lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)[:3]
-        return LSTMSequence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+        out, h_n, c_n, cs, gates, m = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+        return out, h_n, c_n, (cs, gates, m)
     if mode == "GRU":
-        run_ = GRUSequence.apply if grad else gru_forward
-        out, h_n = run_(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)[:2]
-        return out, h_n, None
-    nonlinearity = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}[mode]
-    run_ = RNNSequence.apply if grad else rnn_forward
-    out, h_n = run_(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
-    return out, h_n, None
+        out, h_n, cache = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
+        return out, h_n, None, (cache,)
+    out, h_n = rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, NONLINEARITY[mode])
+    return out, h_n, None, ()
 
+
+def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n,
+             need_dx: bool):
+    """BPTT for `forward`: dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr (None where absent or not needed)."""
+    batch_sizes, has_bias = tuple(int(b) for b in batch_sizes), b_ih is not None
+    if mode == "LSTM":
+        return lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, *saved, d_out, d_h_n,
+                             d_c_n, need_dx)
+    if mode == "GRU":
+        return gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, *saved, d_out, d_h_n, need_dx)
+    return rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, NONLINEARITY[mode], out, d_out, d_h_n,
+                        need_dx)
+
+
+def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool):
+    """What `forward` saves: float32 activations whatever the input dtype; the LSTM also keeps m = o * tanh(c)
+    (N, H), the projection's input (an empty tensor without a projection)."""
+    f32 = torch.float32
+    return {"LSTM": [((n, hidden), f32), ((n, 4 * hidden), f32), ((n, hidden) if has_proj else (0,), dtype)],
+            "GRU": [((n, 4 * hidden), f32)]}.get(mode, [])
+
+
+def run_layer(*args, **kwargs):
+    """rnnkit.engines.ops.run_layer on this engine (its registered operator)."""
+    from .ops import run_layer
+    return run_layer("triton", *args, **kwargs)

@@ -36,7 +36,8 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 class Rows(NamedTuple):
     """Any input form, as the engines take it: time-major packed rows."""
     data: Tensor  # (N, I)
-    batch_sizes: tuple[int, ...]  # sequences running at each step, non-increasing
+    batch_sizes: Tensor | None  # sequences running at each step (int64, non-increasing); None: all B at every step
+    batch: int  # B, the sequences of the batch
     packed: PackedSequence | None  # the packed form, when there is one (its batch order and indices)
 
 
@@ -49,8 +50,7 @@ class InputForm(NamedTuple):
     padded_lengths: bool  # padded input with lengths=: pad the packed output back to T
 
 
-@torch.compiler.disable  # the time loop runs in the engine; torch.compile sees a graph break here
-def run_stack(run_layer, mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: Tensor | None,
+def run_stack(run_layer, mode: str, x: Tensor, batch_sizes: Tensor | None, h0: Tensor, c0: Tensor | None,
               weights: list[list[tuple]], dropout: float, training: bool):
     """All layers and directions. x: (N, I) packed rows. Returns out (N, D*P), h_n (L*D, B, P), c_n or None."""
     h_n, c_n = [], []
@@ -147,7 +147,7 @@ class RecurrentLayer(nn.Module):
 
     def forward(self, input, hx=None, *, lengths=None):
         rows, form = self.to_rows(input, lengths)
-        h0, c0 = self.initial_states(hx, rows.data, rows.batch_sizes[0], form.unbatched, rows.packed)
+        h0, c0 = self.initial_states(hx, rows.data, rows.batch, form.unbatched, rows.packed)
         run_layer = engines.select(self.engine, rows.data)
         out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, self.layer_weights(),
                                   self.dropout, self.training)
@@ -173,9 +173,9 @@ class RecurrentLayer(nn.Module):
                 packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         if packed is not None:
             checks.packed(name, packed.data, packed.batch_sizes, packed.sorted_indices)
-            rows = Rows(packed.data, tuple(packed.batch_sizes.tolist()), packed)
+            rows = Rows(packed.data, packed.batch_sizes, int(packed.batch_sizes[0]), packed)
         else:
-            rows = Rows(x.reshape(-1, x.shape[-1]), (x.shape[1],) * x.shape[0], None)  # (T*B, I)
+            rows = Rows(x.reshape(-1, x.shape[-1]), None, x.shape[1], None)  # (T*B, I)
         checks.input_matches_weights(name, rows.data, self.weight_ih_l0, self.input_size)
         return rows._replace(data=rows.data.to(self.weight_ih_l0.dtype)), form  # a cast only under autocast
 
@@ -185,11 +185,12 @@ class RecurrentLayer(nn.Module):
         if packed is not None and packed.unsorted_indices is not None:
             h_n = h_n.index_select(1, packed.unsorted_indices)
             c_n = None if c_n is None else c_n.index_select(1, packed.unsorted_indices)
+        if packed is not None:  # built anew, not _replace'd: torch.compile mistraces PackedSequence._replace
+            packed = PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         if form.packed:
-            return PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), \
-                self.pack_states(h_n, c_n)
+            return packed, self.pack_states(h_n, c_n)
         if form.padded_lengths:
-            out = pad_packed_sequence(packed._replace(data=out), total_length=form.steps)[0]  # (T, B, D*P)
+            out = pad_packed_sequence(packed, total_length=form.steps)[0]  # (T, B, D*P)
         out = out.reshape(form.steps, form.batch, out.shape[-1])  # (T, B, D*P); -1 fails for B = 0
         output = out.transpose(0, 1) if self.batch_first else out
         if form.unbatched:

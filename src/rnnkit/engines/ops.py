@@ -1,0 +1,160 @@
+"""Every engine as a registered PyTorch operator, so that the whole PyTorch stack can see it.
+
+Each engine `E` (reference, cpu, triton) is two operators from `torch.library.custom_op`:
+
+    torch.ops.rnnkit.E_forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+        -> out, h_n, c_n, saved0, saved1, saved2
+    torch.ops.rnnkit.E_backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                out, saved0, saved1, saved2, d_out, d_h_n, d_c_n, need_dx)
+        -> dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+
+with a fake (meta) kernel each, which gives output shapes from input shapes alone, and one autograd
+formula registered on the forward. That is what lets torch.compile(fullgraph=True) and torch.export
+keep an rnnkit layer in one graph, jit.trace record it, and the ONNX exporter translate it
+(rnnkit.export.onnx). Tensors that are absent (c0 for RNN and GRU, a gradient not needed) are
+empty tensors at the operator boundary, because an operator returns a fixed number of tensors.
+
+batch_sizes is None for a padded batch (every one of the T = N / B steps runs all B rows), or
+the int64 CPU tensor of a PackedSequence. A None keeps T symbolic for torch.export.
+
+Derivatives the hand-derived BPTT cannot give are handed to autograd, never computed wrong:
+
+- double backward (`create_graph=True`, gradgradcheck, Hessian-vector products): the backward,
+  called with grad mode on, runs the forward again as plain torch ops
+  (`reference.autograd_forward`) and differentiates that, so every order of derivative is exact;
+- torch.func transforms (grad, vmap, jacrev, vjp, jvp): `run_layer` sees them active and runs the
+  plain-ops loop in the first place; torch.func differentiates and batches plain ops itself.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import cpu, reference, triton
+
+ENGINE_MODULES = {"reference": reference, "cpu": cpu, "triton": triton}
+SAVED = 3  # saved tensors at the operator boundary (the Triton LSTM keeps three; the rest pad with empties)
+
+
+def steps(batch_sizes: Tensor | None, x: Tensor, h0: Tensor) -> tuple[int, ...]:
+    """The python tuple of rows per step that the engines loop over."""
+    if batch_sizes is not None:
+        return tuple(batch_sizes.tolist())
+    batch = h0.shape[0]
+    return (batch,) * (x.shape[0] // batch) if batch else (0,)
+
+
+def absent(t: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if t is None else t
+
+
+def own(t: Tensor, inputs: tuple) -> Tensor:
+    """An operator's output may not be one of its inputs: copy the rare one that is (an empty sequence)."""
+    return t.clone() if any(t is i for i in inputs) else t
+
+
+def define(name: str):
+    """Register engine `name`'s forward and backward operators; returns the forward operator."""
+    engine = ENGINE_MODULES[name]
+
+    @torch.library.custom_op(f"rnnkit::{name}_forward", mutates_args=())
+    def forward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
+                w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        out, h_n, c_n, saved = engine.forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                              w_hr, reverse)
+        saved = tuple(saved) + tuple(x.new_empty(0) for _ in range(SAVED - len(saved)))
+        return tuple(own(t, inputs) for t in (out, h_n, absent(c_n, x), *saved))
+
+    @forward.register_fake
+    def _(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+        n, hidden = x.shape[0], w_hh.shape[0] // GATES[mode]
+        saved = [x.new_empty(shape, dtype=dtype) for shape, dtype in engine.saved_shapes(mode, n, hidden, x.dtype, w_hr is not None)]
+        saved += [x.new_empty(0) for _ in range(SAVED - len(saved))]
+        return (x.new_empty(n, h0.shape[1]), torch.empty_like(h0), absent(c0, x).new_empty(absent(c0, x).shape),
+                *saved)
+
+    @torch.library.custom_op(f"rnnkit::{name}_backward", mutates_args=())
+    def backward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
+                 w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                 reverse: bool, out: Tensor, saved0: Tensor, saved1: Tensor, saved2: Tensor, d_out: Tensor,
+                 d_h_n: Tensor, d_c_n: Optional[Tensor], need_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor,
+                                                                                Tensor, Tensor, Tensor, Tensor]:
+        saved = (saved0, saved1, saved2)[:len(engine.saved_shapes(mode, 0, 0, x.dtype, w_hr is not None))]
+        grads = engine.backward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                out, saved, d_out, d_h_n, d_c_n, need_dx)
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, d_out, d_h_n, d_c_n, *saved)
+        return tuple(own(absent(g, x), inputs) for g in grads)
+
+    @backward.register_fake
+    def _(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved0, saved1, saved2, d_out,
+          d_h_n, d_c_n, need_dx):
+        like = [x if need_dx else None, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+        return tuple(x.new_empty(0) if t is None else torch.empty_like(t) for t in like)
+
+    def setup_context(ctx, inputs, output):
+        mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+        out, _, _, *saved = output
+        ctx.mode, ctx.reverse, ctx.batch_sizes = mode, reverse, batch_sizes  # an int64 CPU tensor or None
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, *saved)
+
+    def grad_formula(ctx, d_out, d_h_n, d_c_n, *_):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, *saved = ctx.saved_tensors
+        batch_sizes = ctx.batch_sizes
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+            grads = differentiable_grads(ctx, inputs, steps(batch_sizes, x, h0), d_out, d_h_n,
+                                         d_c_n if c0 is not None else None)
+        else:
+            grads = backward(ctx.mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse, out, *saved,
+                             d_out, d_h_n, d_c_n if c0 is not None else None, ctx.needs_input_grad[1])
+            needed = [ctx.needs_input_grad[i] for i in (1, 3, 4, 5, 6, 7, 8, 9)]  # x, h0, ... in the operator's order
+            grads = [g if need else None for g, need in zip(grads, needed, strict=True)]
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+        return None, dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
+
+    forward.register_autograd(grad_formula, setup_context=setup_context)
+    return forward
+
+
+def differentiable_grads(ctx, inputs: tuple, batch_sizes: tuple[int, ...], d_out, d_h_n, d_c_n) -> list:
+    """The gradient as a differentiable function of the inputs and of the upstream gradients.
+
+    Runs the forward again in plain torch ops and lets autograd differentiate it with create_graph,
+    which is what a second (or higher) derivative needs. Only backward with create_graph=True pays for it.
+    """
+    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        out, h_n, c_n = reference.autograd_forward(ctx.mode, inputs[0], batch_sizes, *inputs[1:], ctx.reverse)
+        outputs, upstream = (out, h_n) + ((c_n,) if c_n is not None else ()), (d_out, d_h_n, d_c_n)
+        found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], upstream[:len(outputs)], create_graph=True,
+                                    allow_unused=True)
+    grads = [None] * len(inputs)
+    for i, g in zip(wanted, found, strict=True):
+        grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+    return grads
+
+
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+OPS = {name: define(name) for name in ENGINE_MODULES}
+
+
+def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Tensor | None, w_ih: Tensor,
+              w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None, reverse: bool):
+    """One layer, one direction on engine `engine`, through its operator. Returns out, h_n, c_n (None unless LSTM).
+
+    batch_sizes: None (padded: every step runs all rows), the int64 tensor of a PackedSequence, or a
+    tuple of python ints (turned into that tensor).
+    """
+    if isinstance(batch_sizes, (tuple, list)):
+        batch_sizes = None if len(set(batch_sizes)) == 1 and batch_sizes[0] == h0.shape[0] and batch_sizes[0] \
+            else torch.tensor(batch_sizes, dtype=torch.int64)
+    if torch._C._are_functorch_transforms_active():  # grad, vmap, jacrev...: plain ops, which torch.func handles
+        return reference.autograd_forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                          reverse)
+    out, h_n, c_n, *_ = OPS[engine](mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return out, h_n, c_n if c0 is not None else None
