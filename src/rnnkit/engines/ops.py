@@ -51,9 +51,19 @@ def absent(t: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if t is None else t
 
 
-def own(t: Tensor, inputs: tuple) -> Tensor:
-    """An operator's output may not be one of its inputs: copy the rare one that is (an empty sequence)."""
-    return t.clone() if any(t is i for i in inputs) else t
+def empty_outputs(engine, mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, w_hr: Tensor | None):
+    """The forward operator's outputs for x's shapes, filled with zeros: its fake kernel, and its result for N = 0."""
+    n, hidden = x.shape[0], w_hh.shape[0] // GATES[mode]
+    saved = [x.new_zeros(shape, dtype=dtype) for shape, dtype in engine.saved_shapes(mode, n, hidden, x.dtype,
+                                                                                      w_hr is not None)]
+    saved += [x.new_empty(0) for _ in range(SAVED - len(saved))]
+    return x.new_zeros(n, h0.shape[1]), torch.zeros_like(h0), absent(c0, x).new_zeros(absent(c0, x).shape), *saved
+
+
+def zero_grads(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_dx: bool):
+    """The backward operator's outputs for these inputs' shapes, zeros: its fake kernel, and its result for N = 0."""
+    like = [x if need_dx else None, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+    return tuple(x.new_empty(0) if t is None else torch.zeros_like(t) for t in like)
 
 
 def define(name: str):
@@ -64,19 +74,15 @@ def define(name: str):
     def forward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
                 w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
                 reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        if x.shape[0] == 0:  # an empty batch: nothing to run (MKL would complain about the empty products)
+            return empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr)
         out, h_n, c_n, saved = engine.forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh,
                                               w_hr, reverse)
         saved = tuple(saved) + tuple(x.new_empty(0) for _ in range(SAVED - len(saved)))
-        return tuple(own(t, inputs) for t in (out, h_n, absent(c_n, x), *saved))
+        return out, h_n, absent(c_n, x), *saved
 
-    @forward.register_fake
-    def _(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-        n, hidden = x.shape[0], w_hh.shape[0] // GATES[mode]
-        saved = [x.new_empty(shape, dtype=dtype) for shape, dtype in engine.saved_shapes(mode, n, hidden, x.dtype, w_hr is not None)]
-        saved += [x.new_empty(0) for _ in range(SAVED - len(saved))]
-        return (x.new_empty(n, h0.shape[1]), torch.empty_like(h0), absent(c0, x).new_empty(absent(c0, x).shape),
-                *saved)
+    forward.register_fake(lambda mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse:
+                          empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr))
 
     @torch.library.custom_op(f"rnnkit::{name}_backward", mutates_args=())
     def backward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
@@ -84,17 +90,17 @@ def define(name: str):
                  reverse: bool, out: Tensor, saved0: Tensor, saved1: Tensor, saved2: Tensor, d_out: Tensor,
                  d_h_n: Tensor, d_c_n: Optional[Tensor], need_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor,
                                                                                 Tensor, Tensor, Tensor, Tensor]:
+        if x.shape[0] == 0:
+            return zero_grads(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_dx)
         saved = (saved0, saved1, saved2)[:len(engine.saved_shapes(mode, 0, 0, x.dtype, w_hr is not None))]
         grads = engine.backward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                                 out, saved, d_out, d_h_n, d_c_n, need_dx)
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, d_out, d_h_n, d_c_n, *saved)
-        return tuple(own(absent(g, x), inputs) for g in grads)
+        return tuple(absent(g, x) for g in grads)
 
     @backward.register_fake
     def _(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved0, saved1, saved2, d_out,
           d_h_n, d_c_n, need_dx):
-        like = [x if need_dx else None, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
-        return tuple(x.new_empty(0) if t is None else torch.empty_like(t) for t in like)
+        return zero_grads(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_dx)
 
     def setup_context(ctx, inputs, output):
         mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
