@@ -305,6 +305,30 @@ def autograd_forward(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Ten
     return stack(new, 0), final[0], final[1] if c0 is not None else None
 
 
+def scan_forward(mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor, w_hh: Tensor,
+                 b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None, reverse: bool):
+    """`autograd_forward` for a padded batch as torch's scan operator: (out, h_n, c_n).
+
+    torch.export keeps a scan as one operator whatever the number of steps (the time dimension stays
+    dynamic) and the ONNX exporter turns it into ONNX's Scan. Used while exporting what has no engine
+    operator translation (an LSTM with proj_size).
+    """
+    from torch._higher_order_ops.scan import scan
+
+    cell = {"LSTM": partial(lstm.forward, w_hr=w_hr), "GRU": gru.forward}.get(mode)
+    if cell is None:
+        cell = partial(rnn.forward, nonlinearity=NONLINEARITY[mode])
+    xp = input_projection(x, w_ih, b_ih)
+    xp = xp.reshape(-1, h0.shape[0], xp.shape[1])  # (T, B, G*H)
+
+    def step(state, xp_t):
+        new, _ = cell(xp_t, state, w_hh=w_hh, b_hh=b_hh)
+        return new, new[0].clone()  # the carried state and this step's output may not share memory
+
+    final, out = scan(step, (h0,) if c0 is None else (h0, c0), xp, reverse=reverse)
+    return out.reshape(-1, out.shape[-1]), final[0], final[1] if c0 is not None else None
+
+
 def run_layer(*args, **kwargs):
     """rnnkit.engines.ops.run_layer on this engine (its registered operator): out, h_n, c_n."""
     from .ops import run_layer
