@@ -14,10 +14,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .reference import NONLINEARITY, saved_shapes  # noqa: F401  (saved_shapes: this engine saves what the reference saves)
+from .reference import NONLINEARITY
+from .reference import saved_shapes as reference_saved_shapes
 
 
-DTYPES = (torch.float32, torch.float64)
+# bfloat16 (what torch.autocast gives on CPU) runs the float32 kernels on its values and rounds the
+# results back; products of bfloat16 values are exact in float32, so this is bfloat16 products with
+# float32 accumulation, and the state carried between steps keeps float32.
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 @lru_cache(maxsize=1)
@@ -36,9 +40,9 @@ def why_not(x: Tensor) -> str | None:
     if x.device.type != "cpu":
         return f"it runs on CPU tensors, got a tensor on {x.device}"
     if x.dtype not in DTYPES:
-        return f"it supports float32 and float64, got {x.dtype}"
+        return f"it supports float32, float64 and bfloat16, got {x.dtype}"
     from .blas import gemm_address
-    if gemm_address(x.dtype) is None:
+    if gemm_address(torch.float64 if x.dtype == torch.float64 else torch.float32) is None:
         return "this torch build exports no BLAS sgemm_/dgemm_ for the compiled loops to call"
     return None
 
@@ -300,8 +304,22 @@ def gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, cache, 
 
 # ---------------------------------------------------------------- the engine interface (rnnkit.engines.reference's)
 
+def widened(*tensors: Tensor | None) -> list[Tensor | None]:
+    """bfloat16 tensors as float32 (the kernels' dtype); others as they are."""
+    return [t.float() if t is not None and t.dtype == torch.bfloat16 else t for t in tensors]
+
+
+def narrowed(tensors, like) -> list[Tensor | None]:
+    """Each result in the dtype of its counterpart in `like` (bfloat16 back from float32)."""
+    return [t if t is None or k is None else t.to(k.dtype) for t, k in zip(tensors, like, strict=True)]
+
+
 def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """One layer, one direction, no autograd: out, h_n, c_n (None unless LSTM), saved (as the reference engine's)."""
+    if x.dtype == torch.bfloat16:
+        out, h, c, saved = forward(mode, *widened(x), batch_sizes, *widened(h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
+                                   reverse)
+        return *narrowed((out, h, c), (x, h0, c0)), saved  # saved stays float32 for the backward
     if mode == "LSTM":
         out, h, c, cs, gates = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
         return out, h, c, (cs, gates)
@@ -315,6 +333,11 @@ def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n,
              need_dx: bool):
     """BPTT for `forward`: dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr (None where absent or not needed)."""
+    if x.dtype == torch.bfloat16:
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        grads = backward(mode, *widened(*inputs[:1]), batch_sizes, *widened(*inputs[1:]), reverse,
+                         *widened(out), saved, *widened(d_out, d_h_n, d_c_n), need_dx)
+        return narrowed(grads, inputs)
     has_bias = b_ih is not None
     if mode == "LSTM":
         return lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, *saved, d_out, d_h_n,
@@ -323,6 +346,11 @@ def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
         return gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, *saved, d_out, d_h_n, need_dx)
     return rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, NONLINEARITY[mode], out, d_out, d_h_n,
                         need_dx)
+
+
+def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool):
+    """What `forward` saves: the reference engine's tensors, in float32 for bfloat16 input."""
+    return reference_saved_shapes(mode, n, hidden, torch.float32 if dtype == torch.bfloat16 else dtype, has_proj)
 
 
 def run_layer(*args, **kwargs):

@@ -28,6 +28,7 @@ Derivatives the hand-derived BPTT cannot give are handed to autograd, never comp
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -45,6 +46,12 @@ def steps(batch_sizes: Tensor | None, x: Tensor, h0: Tensor) -> tuple[int, ...]:
         return tuple(batch_sizes.tolist())
     batch = h0.shape[0]
     return (batch,) * (x.shape[0] // batch) if batch else (0,)
+
+
+def no_autocast(x: Tensor):
+    """The engines compute in the dtypes they are given: the caller (rnnkit.nn) applied autocast's policy."""
+    device = x.device.type
+    return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
 
 
 def absent(t: Tensor | None, like: Tensor) -> Tensor:
@@ -76,8 +83,9 @@ def define(name: str):
                 reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         if x.shape[0] == 0:  # an empty batch: nothing to run (MKL would complain about the empty products)
             return empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr)
-        out, h_n, c_n, saved = engine.forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                              w_hr, reverse)
+        with no_autocast(x):
+            out, h_n, c_n, saved = engine.forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                  w_hr, reverse)
         saved = tuple(saved) + tuple(x.new_empty(0) for _ in range(SAVED - len(saved)))
         return out, h_n, absent(c_n, x), *saved
 
@@ -93,8 +101,9 @@ def define(name: str):
         if x.shape[0] == 0:
             return zero_grads(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_dx)
         saved = (saved0, saved1, saved2)[:len(engine.saved_shapes(mode, 0, 0, x.dtype, w_hr is not None))]
-        grads = engine.backward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                                out, saved, d_out, d_h_n, d_c_n, need_dx)
+        with no_autocast(x):
+            grads = engine.backward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                    reverse, out, saved, d_out, d_h_n, d_c_n, need_dx)
         return tuple(absent(g, x) for g in grads)
 
     @backward.register_fake

@@ -69,6 +69,22 @@ def run_stack(run_layer, mode: str, x: Tensor, batch_sizes: Tensor | None, h0: T
     return x, torch.stack(h_n), None if c0 is None else torch.stack(c_n)
 
 
+def autocast_dtype(mode: str, device_type: str, input) -> torch.dtype | None:
+    """The dtype torch.nn's layer computes in under torch.autocast, or None when autocast is off here.
+
+    On CUDA, torch.nn runs every mode in the autocast dtype (cuDNN's RNN is on autocast's list). On CPU,
+    LSTM and RNN run in it and return it; GRU is not on the list: it stays in float32 for a float32
+    input (and runs in the low dtype when the input already is).
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    low = torch.get_autocast_dtype(device_type)
+    data = input.data if isinstance(input, PackedSequence) else input
+    if device_type == "cpu" and mode == "GRU" and data.dtype != low:
+        return None
+    return low
+
+
 class RecurrentLayer(nn.Module):
     """What RNN, LSTM and GRU share; use those classes."""
 
@@ -124,6 +140,11 @@ class RecurrentLayer(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: say what works instead of failing deep inside TorchScript."""
+        raise RuntimeError(f"{type(self).__name__}: torch.jit.script cannot compile rnnkit layers (their engines are "
+                           "Python operators); use torch.jit.trace, torch.export.export or torch.compile instead")
+
     def flatten_parameters(self) -> None:
         """No-op, for drop-in compatibility: rnnkit keeps no flat cuDNN weight buffer."""
 
@@ -148,9 +169,18 @@ class RecurrentLayer(nn.Module):
     def forward(self, input, hx=None, *, lengths=None):
         rows, form = self.to_rows(input, lengths)
         h0, c0 = self.initial_states(hx, rows.data, rows.batch, form.unbatched, rows.packed)
+        weights = self.layer_weights()
+        low = autocast_dtype(self.mode, rows.data.device.type, input)
+        if low is not None:  # what torch.nn computes in under autocast; gradients reach the parameters through the casts
+            rows = rows._replace(data=rows.data.to(low))
+            h0, c0 = h0.to(low), None if c0 is None else c0.to(low)
+            weights = [[tuple(None if w is None else w.to(low) for w in ws) for ws in layer] for layer in weights]
         run_layer = engines.select(self.engine, rows.data)
-        out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, self.layer_weights(),
-                                  self.dropout, self.training)
+        out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, weights, self.dropout,
+                                  self.training)
+        if low is not None and self.proj_size and rows.data.device.type == "cpu":
+            # torch.nn's CPU LSTM with a projection keeps its cell state in c_0's dtype under autocast
+            c_n = c_n.to((input.data if form.packed else input).dtype if hx is None else hx[1].dtype)
         return self.from_rows(out, h_n, c_n, rows, form)
 
     def to_rows(self, input, lengths) -> tuple[Rows, InputForm]:
