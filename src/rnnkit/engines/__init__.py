@@ -60,7 +60,6 @@ def select(name: str, x: Tensor):
     return ENGINES[resolve(auto_choice() if name == "auto" else name, x.device.type, x.dtype)].run_layer
 
 
-@torch.compiler.assume_constant_result  # for torch.compile: a constant of the trace (its inputs are guarded)
 def resolve(name: str, device_type: str, dtype: torch.dtype) -> str:
     """The engine that runs a tensor of this device and dtype, or RuntimeError saying why `name` cannot."""
     x = torch.empty(0, device=device_type, dtype=dtype)
@@ -74,6 +73,11 @@ def resolve(name: str, device_type: str, dtype: torch.dtype) -> str:
     if reason is not None:
         raise RuntimeError(f"engine {name!r} cannot run here: {reason}")
     return name
+
+
+# For torch.compile, resolve's result is a constant of the trace (its inputs are guarded). This is what
+# @torch.compiler.assume_constant_result does, which would import torch._dynamo (over a second) with rnnkit.
+resolve._dynamo_marked_constant = True
 
 
 @contextlib.contextmanager
