@@ -171,7 +171,7 @@ def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Te
     if torch._C._are_functorch_transforms_active():  # grad, vmap, jacrev...: plain ops, which torch.func handles
         return reference.autograd_forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                           reverse)
-    if w_hr is not None and batch_sizes is None and torch.compiler.is_exporting():  # no ONNX LSTM has a projection
+    if w_hr is not None and batch_sizes is None and torch.onnx.is_in_onnx_export():  # no ONNX LSTM has a projection
         return reference.scan_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     out, h_n, c_n, *_ = OPS[engine](mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     return out, h_n, c_n if c0 is not None else None

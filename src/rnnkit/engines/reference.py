@@ -309,9 +309,8 @@ def scan_forward(mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tens
                  b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None, reverse: bool):
     """`autograd_forward` for a padded batch as torch's scan operator: (out, h_n, c_n).
 
-    torch.export keeps a scan as one operator whatever the number of steps (the time dimension stays
-    dynamic) and the ONNX exporter turns it into ONNX's Scan. Used while exporting what has no engine
-    operator translation (an LSTM with proj_size).
+    The ONNX exporter turns it into ONNX's Scan, whatever the number of steps (the time dimension
+    stays dynamic). Used for what has no ONNX operator to translate to (an LSTM with proj_size).
     """
     from torch._higher_order_ops.scan import scan
 
@@ -326,7 +325,7 @@ def scan_forward(mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tens
         return new, new[0].clone()  # the carried state and this step's output may not share memory
 
     final, out = scan(step, (h0,) if c0 is None else (h0, c0), xp, reverse=reverse)
-    return out.reshape(-1, out.shape[-1]), final[0], final[1] if c0 is not None else None
+    return out.reshape(-1, out.shape[-1]), final[0], final[1] if c0 is not None else None  # (T*B, P)
 
 
 def run_layer(*args, **kwargs):
