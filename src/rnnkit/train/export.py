@@ -3,7 +3,7 @@
 Two formats:
 
     pt2    torch.export's ExportedProgram (torch.export.save / torch.export.load). The rnnkit layers stay
-           rnnkit operators, so loading the file needs `import rnnkit` (their fake kernels and engines).
+           rnnkit operators, so loading the file needs `import rnnkit.engines` (which registers them).
     onnx   torch.onnx.export (its torch.export-based exporter): stock layers become ONNX's own RNN/LSTM/GRU
            operators (rnnkit.engines.onnx); needs the [export] extra (onnx, onnxscript, onnxruntime).
 
@@ -61,6 +61,8 @@ def save_pt2(model: torch.nn.Module, args: tuple, dynamic_shapes, path: Path) ->
 
 
 def run_pt2(path: Path, args: tuple) -> list[torch.Tensor]:
+    import rnnkit.engines  # noqa: F401  (the program calls rnnkit's operators, which this registers)
+
     return flat_tensors(torch.export.load(str(path)).module()(*args))
 
 
