@@ -34,10 +34,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import cpu, reference, triton
+from . import cpu, onnx, reference, triton
 
 ENGINE_MODULES = {"reference": reference, "cpu": cpu, "triton": triton}
 SAVED = 3  # saved tensors at the operator boundary (the Triton LSTM keeps three; the rest pad with empties)
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
 def steps(batch_sizes: Tensor | None, x: Tensor, h0: Tensor) -> tuple[int, ...]:
@@ -154,8 +155,8 @@ def differentiable_grads(ctx, inputs: tuple, batch_sizes: tuple[int, ...], d_out
     return grads
 
 
-GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 OPS = {name: define(name) for name in ENGINE_MODULES}
+onnx.install()  # torch.onnx.export translates these operators once it loads its registry
 
 
 def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Tensor | None, w_ih: Tensor,
@@ -176,7 +177,3 @@ def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Te
     out, h_n, c_n, *_ = OPS[engine](mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     return out, h_n, c_n if c0 is not None else None
 
-
-from . import onnx  # noqa: E402  (registers the ONNX translations of the operators above when torch.onnx loads)
-
-onnx.install()
