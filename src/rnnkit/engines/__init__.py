@@ -26,9 +26,9 @@ import contextvars
 import torch
 from torch import Tensor
 
-from . import cpu, ops, reference, triton
+from . import aten, cpu, ops, reference, triton
 
-ENGINES = {"reference": reference, "cpu": cpu, "triton": triton}
+ENGINES = {"reference": reference, "cpu": cpu, "aten": aten, "triton": triton}
 ENGINE_NAMES = ("auto", *ENGINES)
 
 # what engine="auto" means right now; "auto" lets select decide per input. Eager code reads the

@@ -348,9 +348,10 @@ def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
                         need_dx)
 
 
-def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool):
+def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool, batch: int = 0):
     """What `forward` saves: the reference engine's tensors, in float32 for bfloat16 input."""
-    return reference_saved_shapes(mode, n, hidden, torch.float32 if dtype == torch.bfloat16 else dtype, has_proj)
+    return reference_saved_shapes(mode, n, hidden, torch.float32 if dtype == torch.bfloat16 else dtype, has_proj,
+                                  batch)
 
 
 def run_layer(*args, **kwargs):

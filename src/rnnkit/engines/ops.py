@@ -34,9 +34,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import cpu, onnx, reference, triton
+from . import aten, cpu, onnx, reference, triton
 
-ENGINE_MODULES = {"reference": reference, "cpu": cpu, "triton": triton}
+ENGINE_MODULES = {"reference": reference, "cpu": cpu, "aten": aten, "triton": triton}
 SAVED = 3  # saved tensors at the operator boundary (the Triton LSTM keeps three; the rest pad with empties)
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
@@ -59,11 +59,19 @@ def absent(t: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if t is None else t
 
 
-def empty_outputs(engine, mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, w_hr: Tensor | None):
-    """The forward operator's outputs for x's shapes, filled with zeros: its fake kernel, and its result for N = 0."""
+def empty_outputs(engine, mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
+                  fake: bool = False):
+    """The forward operator's outputs for x's shapes, filled with zeros: its fake kernel, and its result for N = 0.
+
+    A saved size the engine alone knows (None in saved_shapes: oneDNN's workspace) is a dynamic size in
+    the fake kernel and 0 for N = 0."""
     n, hidden = x.shape[0], w_hh.shape[0] // GATES[mode]
-    saved = [x.new_zeros(shape, dtype=dtype) for shape, dtype in engine.saved_shapes(mode, n, hidden, x.dtype,
-                                                                                      w_hr is not None)]
+
+    def size(s):
+        return s if s is not None else (torch.library.get_ctx().new_dynamic_size() if fake else 0)
+
+    saved = [x.new_zeros(tuple(size(s) for s in shape), dtype=dtype)
+             for shape, dtype in engine.saved_shapes(mode, n, hidden, x.dtype, w_hr is not None, h0.shape[0])]
     saved += [x.new_empty(0) for _ in range(SAVED - len(saved))]
     return x.new_zeros(n, h0.shape[1]), torch.zeros_like(h0), absent(c0, x).new_zeros(absent(c0, x).shape), *saved
 
@@ -91,7 +99,7 @@ def define(name: str):
         return out, h_n, absent(c_n, x), *saved
 
     forward.register_fake(lambda mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse:
-                          empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr))
+                          empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr, fake=True))
 
     @torch.library.custom_op(f"rnnkit::{name}_backward", mutates_args=())
     def backward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],

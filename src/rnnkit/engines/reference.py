@@ -283,8 +283,10 @@ def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
                         d_h_n, need_dx)
 
 
-def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool) -> list[tuple[tuple, torch.dtype]]:
-    """Shape and dtype of each tensor `forward` saves, for N rows: what the operator's fake kernel returns."""
+def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool,
+                 batch: int = 0) -> list[tuple[tuple, torch.dtype]]:
+    """Shape and dtype of each tensor `forward` saves, for N rows (B = batch): what the operator's fake kernel
+    returns. A None in a shape is a size only the engine knows (a dynamic size in the fake kernel)."""
     return {"LSTM": [((n, hidden), dtype), ((n, 4 * hidden), dtype)], "GRU": [((n, 4 * hidden), dtype)]}.get(mode, [])
 
 

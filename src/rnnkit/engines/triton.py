@@ -528,7 +528,7 @@ def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
                         need_dx)
 
 
-def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool):
+def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool, batch: int = 0):
     """What `forward` saves: float32 activations whatever the input dtype; the LSTM also keeps m = o * tanh(c)
     (N, H), the projection's input (an empty tensor without a projection)."""
     f32 = torch.float32
