@@ -4,12 +4,14 @@ All engines share the signature of `reference.run_layer`:
 
     reference  a readable loop over time with the hand-derived BPTT; runs anywhere; the ground truth
     cpu        the same algorithm with the time loops compiled by Numba (float32, float64 CPU tensors)
+    aten       torch's own fused float32 LSTM on CPU (oneDNN, what torch.nn.LSTM runs); other calls go to cpu
     triton     the same algorithm as Triton GPU kernels, each step's recurrent product fused with its gate
                arithmetic (float32, bfloat16, float16 CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
 
 `select` is the one place that chooses between them. An engine asked for by name runs or
 raises an error saying why it cannot; "auto" takes the fastest engine that applies to the
-input (triton for CUDA tensors, cpu for CPU tensors, else reference), and every engine
+input (triton for CUDA tensors; for CPU tensors cpu, or aten where timing on this machine
+found it faster for the call's shape class, see tune.py; else reference), and every engine
 gives the reference engine's results within rnnkit.testing's tolerances.
 
 The choice can be made per layer (`engine=` on rnnkit.LSTM and friends) and globally:
@@ -26,7 +28,7 @@ import contextvars
 import torch
 from torch import Tensor
 
-from . import aten, cpu, ops, reference, triton
+from . import aten, cpu, ops, reference, triton, tune
 
 ENGINES = {"reference": reference, "cpu": cpu, "aten": aten, "triton": triton}
 ENGINE_NAMES = ("auto", *ENGINES)
@@ -57,7 +59,11 @@ def why_not(name: str, x: Tensor) -> str | None:
 def select(name: str, x: Tensor):
     """The run_layer function of engine `name` for input x; "auto" picks the best engine that applies."""
     check_name(name)
-    return ENGINES[resolve(auto_choice() if name == "auto" else name, x.device.type, x.dtype)].run_layer
+    wanted = auto_choice() if name == "auto" else name
+    chosen = resolve(wanted, x.device.type, x.dtype)
+    if wanted == "auto" and chosen == "cpu":  # per call: the CPU engine or torch's fused kernel (tune.py)
+        return tune.run_layer
+    return ENGINES[chosen].run_layer
 
 
 def resolve(name: str, device_type: str, dtype: torch.dtype) -> str:

@@ -125,9 +125,17 @@ def define(name: str):
         out, _, _, *saved = output
         ctx.mode, ctx.reverse, ctx.batch_sizes = mode, reverse, batch_sizes  # an int64 CPU tensor or None
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, *saved)
+        # The saved tensors are outputs only so that the backward operator can take them: no gradient flows
+        # into them, and none is made up. Without these two lines autograd fills a zero gradient the size of
+        # each (an LSTM's gates: 5 N H floats) on every backward, and for h_n, c_n when only out has one.
+        ctx.mark_non_differentiable(*saved)
+        ctx.set_materialize_grads(False)
 
     def grad_formula(ctx, d_out, d_h_n, d_c_n, *_):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, *saved = ctx.saved_tensors
+        d_out = torch.zeros_like(out) if d_out is None else d_out
+        d_h_n = torch.zeros_like(h0) if d_h_n is None else d_h_n
+        d_c_n = torch.zeros_like(c0) if d_c_n is None and c0 is not None else d_c_n
         batch_sizes = ctx.batch_sizes
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable

@@ -1,0 +1,237 @@
+"""What engine="auto" runs on CPU, chosen per machine by timing: the CPU engine or torch's own fused kernel.
+
+Why: which of the two is faster depends on the CPU (MKL and oneDNN run at very different speeds on
+AMD and Intel), on the thread count and on the shape. A rule fitted on one machine is wrong on
+another, and a drop-in that makes the user's model slower is worse than none. So the first call of
+a *shape class* on a machine times the candidates on a short slice of that very call and keeps the
+faster, and the choice is written to disk, like Triton's autotuner, so later processes skip the timing.
+
+- Candidates: "cpu" (rnnkit's Numba engine) and, where it can run the call, "aten" (oneDNN's fused
+  LSTM, what torch.nn.LSTM runs: float32 LSTM, padded, no proj_size). Everything else goes to "cpu"
+  without timing: there is nothing to choose between.
+- Shape class: cell mode, training or inference, T rounded up to a power of two, B, input size,
+  hidden size, thread count. Calibration times forward (and backward, for training) on the first
+  CAL_STEPS / 4 and CAL_STEPS steps of the call's own input and weights, in turns, best of a few rounds,
+  and extrapolates each candidate to the call's T (a cost per call plus a cost per step).
+- Cache: one JSON file per machine key (CPU model, torch, numba and rnnkit versions) in
+  $RNNKIT_CACHE_DIR, else $XDG_CACHE_HOME/rnnkit, else ~/.cache/rnnkit; written to a temporary
+  file and renamed, so a reader sees the old file or the new one. An unreadable or corrupt file
+  counts as empty; an unwritable folder keeps choices in this process only. Two processes
+  calibrating at once each use their own measurement, and the last rename wins.
+- Never timed: under torch.compile or export tracing, torch.func transforms, jit.trace and ONNX export
+  (those run "cpu", one fixed operator); with RNNKIT_TUNE=0 (then "cpu" always, the old behaviour).
+
+Both candidates give the reference engine's numbers within rnnkit.testing's tolerances, so a
+choice changes speed, never results beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+FORMAT = 1
+CAL_STEPS = 16  # calibration times the first CAL_STEPS // 4 and CAL_STEPS steps of the call (fewer if T is)
+CAL_BUDGET_S = 0.05  # timed seconds to aim for, in rounds of every candidate at both lengths ...
+CAL_ROUNDS_MAX = 10  # ... but at most this many rounds, and at least one, after one untimed round
+MARGIN = 0.97  # "aten" must be at least 3% faster to be taken: a tie keeps rnnkit's own engine
+
+_lock = threading.RLock()
+_table: dict[str, dict] | None = None  # this process's view: the file's entries plus its own
+
+
+# ---------------------------------------------------------------- the cache file
+
+
+def cache_dir() -> Path:
+    if d := os.environ.get("RNNKIT_CACHE_DIR"):
+        return Path(d)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rnnkit"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line and not line.startswith("flags"))
+        return " ".join(fields.get(k, "").strip() for k in ("vendor_id", "model name", "cpu family", "model"))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def machine_key() -> dict:
+    import rnnkit
+    try:
+        import numba
+        numba_version = numba.__version__
+    except ImportError:
+        numba_version = None
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "numba": numba_version,
+            "rnnkit": rnnkit.__version__}
+
+
+def cache_path() -> Path:
+    digest = hashlib.sha256(json.dumps(machine_key(), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"cpu-choices-{digest}.json"
+
+
+def read_file(path: Path) -> dict[str, dict]:
+    """The entries of a cache file, or {} if it is missing, unreadable, corrupt or for another machine."""
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+        if payload.get("format") != FORMAT or payload.get("machine") != machine_key():
+            return {}
+        entries = payload["entries"]
+        return {k: v for k, v in entries.items() if isinstance(v, dict) and v.get("engine") in ("cpu", "aten")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def write_file(path: Path, entries: dict[str, dict]) -> bool:
+    """Merge entries into the file atomically (temporary file + rename). False if the folder is not writable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**read_file(path), **entries}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"format": FORMAT, "machine": machine_key(), "entries": merged}, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return False
+    return True
+
+
+def table() -> dict[str, dict]:
+    global _table
+    with _lock:
+        if _table is None:
+            _table = read_file(cache_path())
+        return _table
+
+
+def forget() -> None:
+    """Drop this process's view (the next choice reads the file again); for tests and after a machine change."""
+    global _table
+    with _lock:
+        _table = None
+    machine_key.cache_clear()
+
+
+# ---------------------------------------------------------------- choosing
+
+
+def enabled() -> bool:
+    return os.environ.get("RNNKIT_TUNE", "1") != "0"
+
+
+def tracing() -> bool:
+    """True where timing must not run and the operator must stay fixed: compile/export, torch.func, trace, ONNX."""
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def shape_class(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:
+    t = 1 << max(0, (steps - 1).bit_length())
+    return f"{mode}|{'train' if train else 'infer'}|T{t}|B{batch}|I{inp}|H{hidden}|thr{torch.get_num_threads()}"
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """engine="auto" on CPU: ops.run_layer on the engine chosen for this call's shape class."""
+    from . import ops
+    engine = "cpu"
+    if not tracing() and enabled():
+        engine = choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return ops.run_layer(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+
+def choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse) -> str:
+    from . import aten, cpu
+    if mode != "LSTM" or x.dtype != torch.float32 or cpu.why_not(x) is not None or x.shape[0] == 0:
+        return "cpu"
+    if isinstance(batch_sizes, Tensor):
+        batch_sizes = tuple(batch_sizes.tolist())
+    if aten.why_not_call(mode, x, batch_sizes, w_hr) is not None:
+        return "cpu"
+    batch = h0.shape[0]
+    steps = x.shape[0] // batch
+    train = needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    key = shape_class(mode, train, steps, batch, x.shape[1], c0.shape[1])
+    with _lock:
+        entry = table().get(key)
+        if entry is None:
+            entry = calibrate(train, x, batch, steps, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
+            table()[key] = entry
+            write_file(cache_path(), {key: entry})
+    return entry["engine"]
+
+
+def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse) -> dict:
+    """Time "cpu" and "aten" on this call's first steps and predict each at `steps` steps: {"engine": faster, ...}.
+
+    Each candidate is timed on the first s1 and s2 steps (s1 < s2 <= CAL_STEPS) and its time at T steps
+    is extrapolated along the line through the two: a fixed cost per call (oneDNN builds its primitive
+    on every call) and a cost per step, which short slices alone would weigh wrongly."""
+    from . import aten, cpu
+    engines = {"cpu": cpu, "aten": aten}
+    lengths = sorted({min(steps, CAL_STEPS // 4), min(steps, CAL_STEPS)})
+    with torch.no_grad():
+        def runner(engine, n):
+            args = ("LSTM", x.detach()[:n * batch], (batch,) * n, *(t.detach() for t in (h0, c0, w_ih, w_hh)),
+                    *(None if b is None else b.detach() for b in (b_ih, b_hh)), None, reverse)
+            d_out, d_h, d_c = torch.randn(n * batch, h0.shape[1]), torch.randn_like(h0), torch.randn_like(c0)
+
+            def run():
+                out, _, _, saved = engine.forward(*args)
+                if train:
+                    engine.backward(*args, out, saved, d_out, d_h, d_c, True)
+            return run
+
+        runs = {(name, n): runner(engine, n) for name, engine in engines.items() for n in lengths}
+        cost = {}
+        for _ in range(2):  # untimed: the first calls compile (Numba) and fill caches; the second estimates cost
+            for key, run in runs.items():
+                start = time.perf_counter()
+                run()
+                cost[key] = time.perf_counter() - start
+        rounds = max(1, min(CAL_ROUNDS_MAX, round(CAL_BUDGET_S / max(sum(cost.values()), 1e-6))))
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(rounds):
+            for key, run in runs.items():
+                start = time.perf_counter()
+                run()
+                best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
+    s1, s2 = lengths[0], lengths[-1]
+    predicted = {}
+    for name in engines:
+        c1, c2 = best[(name, s1)], best[(name, s2)]
+        per_step = (c2 - c1) / (s2 - s1) if s2 > s1 else c2 / s2
+        predicted[name] = max(c2 + per_step * (steps_total(x, batch) - s2), 1e-6)
+    engine = "aten" if predicted["aten"] < MARGIN * predicted["cpu"] else "cpu"
+    return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
+            "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}, "rounds": rounds}
+
+
+def steps_total(x: Tensor, batch: int) -> int:
+    return x.shape[0] // batch
