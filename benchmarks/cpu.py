@@ -8,7 +8,9 @@ Parts (all float32, one layer, unidirectional, input size = hidden size, RNN is 
                (50, 128, 1024), (1000, 8, 64); modes
                    forward   inference under torch.no_grad()
                    train     forward + backward of a random upstream gradient on the output (dx included)
-               contenders torch.nn, engine="reference", engine="cpu"
+               contenders torch.nn, engine="reference", and rnnkit's default engine="auto" (the rows and the
+               JSON call it "cpu": the CPU engine, or torch's fused LSTM where auto's timing chose it; the
+               `path` column says which)
     streaming  one cell call per step, B=1, H=128, state carried, under no_grad: microseconds per step
     packed     T=100, B=16, H=256, lengths spread evenly over [T/2, T], pack_padded_sequence(enforce_sorted=False),
                against the same batch padded to full length (torch.nn and the cpu engine)
@@ -159,6 +161,23 @@ def num_threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+RNNKIT_ENGINE = "auto"  # what the "cpu" contender is built with: the default a user gets
+
+
+def rnnkit_modules(cell: str, hidden: int, engines: tuple[str, ...]) -> dict:
+    """build_modules, with the "cpu" contender built as engine=RNNKIT_ENGINE and still called "cpu"."""
+    built = build_modules(cell, hidden, tuple(RNNKIT_ENGINE if e == "cpu" else e for e in engines))
+    if "cpu" in engines and RNNKIT_ENGINE != "cpu":
+        built["cpu"] = built.pop(RNNKIT_ENGINE)
+    return built
+
+
+def auto_path(cell: str, mode: str, steps: int, batch: int, hidden: int) -> str:
+    """The engine that rnnkit's auto ran for a padded row: "cpu" or "aten" (chosen by timing, see engines/tune.py)."""
+    from rnnkit.engines import tune
+    return tune.chosen(cell, mode == "train", steps, batch, hidden, hidden) if RNNKIT_ENGINE == "auto" else "cpu"
 
 
 def engines_to_time(skip_reference: bool) -> tuple[str, ...]:
@@ -349,7 +368,7 @@ def ceiling_by_threads(measurements: list[dict]) -> dict[int, float]:
 
 def bench_layer_config(cell: str, shape: tuple, threads_list: tuple, engines: tuple, plan: Plan) -> list[dict]:
     steps, batch, hidden = shape
-    modules = build_modules(cell, hidden, engines)
+    modules = rnnkit_modules(cell, hidden, engines)
     x, g = make_inputs(steps, batch, hidden)
     rows = []
     for mode in MODES:
@@ -363,8 +382,10 @@ def bench_layer_config(cell: str, shape: tuple, threads_list: tuple, engines: tu
             with num_threads(threads):
                 first = checked_first_calls(runners, mode, dict.fromkeys(engines, "torch"), label)
                 ms, rounds, usage = time_configuration(runners, first, plan)
+                path = auto_path(cell, mode, steps, batch, hidden)
             n = flops(cell, steps * batch, hidden, mode)
             rows.append({"cell": cell, "T": steps, "B": batch, "H": hidden, "mode": mode, "threads": threads,
+                         "path": path,
                          "torch_ms": ms["torch"], "cpu_ms": ms["cpu"], "reference_ms": ms.get("reference"),
                          "ratio": ms["torch"] / ms["cpu"], "gflop": n / 1e9,
                          "gflops": {name: n / 1e6 / t for name, t in ms.items()}, "rounds": rounds, **usage, **gate})
@@ -416,7 +437,7 @@ def bench_streaming(plan: Plan, threads_list: tuple, engines: tuple) -> list[dic
     gen = torch.Generator().manual_seed(2)
     xs = torch.randn(plan.stream_steps, 1, STREAM_HIDDEN, generator=gen)
     for cell in CELLS:
-        modules = build_modules(f"{cell}Cell", STREAM_HIDDEN, engines)
+        modules = rnnkit_modules(f"{cell}Cell", STREAM_HIDDEN, engines)
         runners = {name: stream_runner(m, xs, initial_state(cell, STREAM_HIDDEN)) for name, m in modules.items()}
         for threads in threads_list:
             label = f"{cell}Cell B=1 H={STREAM_HIDDEN} threads={threads}"
@@ -447,7 +468,7 @@ def packed_lengths(steps: int, batch: int) -> torch.Tensor:
 
 def bench_packed_config(cell: str, plan: Plan, threads_list: tuple) -> list[dict]:
     steps, batch, hidden = PACKED_SHAPE
-    modules = build_modules(cell, hidden, ("cpu",))
+    modules = rnnkit_modules(cell, hidden, ("cpu",))
     x, g = make_inputs(steps, batch, hidden)
     lengths = packed_lengths(steps, batch)
     # Packed once outside the timing: a training loop packs in its data pipeline, not per layer call.
@@ -527,7 +548,7 @@ def memory_child(spec: str) -> int:
     cell, contender = spec.split(",")
     torch.set_num_threads(1)
     steps, batch, hidden = MEMORY_SHAPE
-    module = build_modules(cell, hidden, ("cpu",))[contender]
+    module = rnnkit_modules(cell, hidden, ("cpu",))[contender]
     x, g = make_inputs(steps, batch, hidden)
     train_step(module, x[:2], g[:2])  # one-off costs out of the way (see the method above)
     measured = []
@@ -692,14 +713,14 @@ def format_ceiling(start: list[dict], end: list[dict]) -> str:
 def format_layers(rows: list[dict], ceiling: dict) -> str:
     header = (f"{'cell':<4} {'T':>4} {'B':>3} {'H':>4} {'mode':<7} {'thr':>3} {'torch ms':>9} {'ref ms':>9} "
               f"{'cpu ms':>9} {'t/cpu':>6} {'cpu GF/s':>8} {'frac':>5} {'torch GF/s':>10} {'frac':>5} {'rounds':>8} "
-              f"{'other':>6} {'iqr t/c':>8}")
+              f"{'other':>6} {'iqr t/c':>8} {'path':>4}")
 
     def body(r):
         rounds = f"{r['rounds']['cpu']}/{r['rounds'].get('reference', '-')}"
         return (f"{r['torch_ms']:>9.2f} {ms_or_dash(r['reference_ms'])} {r['cpu_ms']:>9.2f} {r['ratio']:>6.2f} "
                 f"{r['gflops']['cpu']:>8.1f} {fraction(r['gflops']['cpu'], ceiling, r['threads'])} "
                 f"{r['gflops']['torch']:>10.1f} {fraction(r['gflops']['torch'], ceiling, r['threads'])} "
-                f"{rounds:>8} {other_cores(r)} {spread(r, 'torch') + '/' + spread(r, 'cpu'):>8}")
+                f"{rounds:>8} {other_cores(r)} {spread(r, 'torch') + '/' + spread(r, 'cpu'):>8} {r.get('path', '-'):>4}")
 
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -794,6 +815,28 @@ def summarize_contention(payload: dict) -> str:
             f"(other > {BUSY_CORES} cores)")
 
 
+def worst_ratio(payload: dict) -> str:
+    """The slowest row for rnnkit against torch.nn (ratio = torch.nn ms / rnnkit ms; below 1: rnnkit slower)."""
+    found = []
+    for r in payload.get("layers", []):
+        if not r.get("skipped"):
+            found.append((r["ratio"], f"layers {r['cell']} T={r['T']} B={r['B']} H={r['H']} {r['mode']} "
+                                      f"threads={r['threads']} path={r.get('path', '-')}"))
+    for r in payload.get("packed", []):
+        if not r.get("skipped"):
+            for form in ("padded", "packed"):
+                found.append((r[f"torch_{form}_ms"] / r[f"cpu_{form}_ms"],
+                              f"packed-part {r['cell']} {form} {r['mode']} threads={r['threads']}"))
+    for r in payload.get("streaming", []):
+        if not r.get("skipped"):
+            found.append((r["ratio"], f"streaming {r['cell']} threads={r['threads']}"))
+    if not found:
+        return "worst ratio: no timed rows"
+    ratio, where = min(found)
+    below = sum(f[0] < 1.0 for f in found)
+    return f"worst ratio torch.nn/rnnkit: {ratio:.2f} ({where}); {below} of {len(found)} rows below 1.0"
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -847,6 +890,7 @@ def main(argv=None) -> int:
     if payload["engine_source_changed"]:
         print("WARNING: rnnkit's engine sources changed during the run; rows may mix two versions of the engine")
     print(f"wrote {args.out}")
+    print(worst_ratio(payload))  # last, so that checking a new machine is reading one line
     return 0
 
 

@@ -168,16 +168,21 @@ def run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, revers
 
 def choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse) -> str:
     from . import aten, cpu
-    if mode != "LSTM" or x.dtype != torch.float32 or cpu.why_not(x) is not None or x.shape[0] == 0:
+    if mode != "LSTM" or x.dtype != torch.float32 or w_hr is not None or x.shape[0] == 0:
         return "cpu"
-    if isinstance(batch_sizes, Tensor):
-        batch_sizes = tuple(batch_sizes.tolist())
-    if aten.why_not_call(mode, x, batch_sizes, w_hr) is not None:
-        return "cpu"
+    if batch_sizes is not None:  # packed: oneDNN's layer can take it only if every sequence runs every step
+        sizes = tuple(batch_sizes.tolist()) if isinstance(batch_sizes, Tensor) else tuple(batch_sizes)
+        if sizes[0] != sizes[-1]:
+            return "cpu"
     batch = h0.shape[0]
     steps = x.shape[0] // batch
     train = needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     key = shape_class(mode, train, steps, batch, x.shape[1], c0.shape[1])
+    entry = _table.get(key) if _table is not None else None
+    if entry is not None:  # the common case, kept cheap: a cell call runs this on every step
+        return entry["engine"]
+    if cpu.why_not(x) is not None or aten.why_not_call(mode, x, None, w_hr) is not None:
+        return "cpu"
     with _lock:
         entry = table().get(key)
         if entry is None:
@@ -231,6 +236,12 @@ def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, 
     engine = "aten" if predicted["aten"] < MARGIN * predicted["cpu"] else "cpu"
     return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
             "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}, "rounds": rounds}
+
+
+def chosen(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:
+    """What "auto" runs for this shape class at the current thread count (for reports): "aten" or "cpu"."""
+    entry = table().get(shape_class(mode, train, steps, batch, inp, hidden))
+    return entry["engine"] if entry is not None else "cpu"
 
 
 def steps_total(x: Tensor, batch: int) -> int:
