@@ -7,6 +7,24 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tuning_cache(tmp_path_factory):
+    """engine="auto" on CPU times its candidates once per shape class and caches the choice on disk
+    (rnnkit.engines.tune): the tests keep that cache in a folder of their own, not the user's."""
+    import os
+
+    from rnnkit.engines import tune
+    old = os.environ.get("RNNKIT_CACHE_DIR")
+    os.environ["RNNKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("rnnkit-cache"))
+    tune.forget()
+    yield
+    if old is None:
+        os.environ.pop("RNNKIT_CACHE_DIR", None)
+    else:
+        os.environ["RNNKIT_CACHE_DIR"] = old
+    tune.forget()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads: on a busy two-core machine torch's default two

@@ -123,5 +123,6 @@ def test_nan_input_gives_nan_output():
 
 def test_cpu_engine_refuses_what_it_cannot_run():
     assert cpu.why_not(torch.zeros(2, dtype=torch.float32)) is None
-    assert "float32 and float64" in cpu.why_not(torch.zeros(2, dtype=torch.bfloat16))
+    assert cpu.why_not(torch.zeros(2, dtype=torch.bfloat16)) is None  # through its float32 kernels (autocast)
+    assert "float32, float64 and bfloat16" in cpu.why_not(torch.zeros(2, dtype=torch.float16))
     assert "meta" in cpu.why_not(torch.zeros(2, device="meta"))

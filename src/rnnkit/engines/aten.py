@@ -13,13 +13,16 @@ operator's saved tensors keep one meaning; called directly, its operator raises 
 
 Saved for the backward: oneDNN's workspace (opaque bytes whose size only oneDNN knows, hence a
 dynamic size in the fake kernel) and the final states h_n, c_n, which oneDNN's backward reads.
-The forward always runs oneDNN's training variant: the operator cannot see whether a gradient
-will be wanted (an autograd formula's forward runs in no-grad mode), and the inference variant
-was measured no faster (within 2% at T=100, B=16, H=256 and at T=1000, B=8, H=64, one thread).
+The operator always runs oneDNN's training variant: it cannot see whether a gradient will be
+wanted (an autograd formula's forward runs in no-grad mode). A call that needs no gradient (no_grad,
+or no input requiring one) never reaches the operator: `run_layer` calls oneDNN's inference variant,
+`aten::mkldnn_rnn_layer` with train=False, itself an aten operator like any other, as torch.nn does.
+That variant is about 20% faster (measured 6.9 against 8.4 ms at T=1000, B=8, H=64, one thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 
 import torch
@@ -79,7 +82,8 @@ def _padded(x: Tensor, batch_sizes) -> Tensor:
 def _run_forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, train: bool):
     hidden = c0.shape[1]
     b1, b2 = _biases(b_ih, b_hh, w_hh)
-    with torch.enable_grad():  # oneDNN's layer keeps no workspace in no-grad mode, even with train=True
+    # oneDNN's layer keeps no workspace in no-grad mode, even with train=True
+    with torch.enable_grad() if train else contextlib.nullcontext():
         return torch.ops.aten.mkldnn_rnn_layer(_padded(x, batch_sizes).contiguous(), w_ih.contiguous(),
                                                w_hh.contiguous(), b1, b2, h0.contiguous(), c0.contiguous(), reverse,
                                                [], LSTM_MODE, hidden, 1, b_ih is not None, False, False, train)
@@ -124,8 +128,16 @@ def run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, revers
     """rnnkit.engines.ops.run_layer on this engine, or on the CPU engine for a call oneDNN's layer cannot run."""
     from . import ops
     sizes = tuple(batch_sizes.tolist()) if isinstance(batch_sizes, Tensor) else batch_sizes
-    engine = "aten" if why_not_call(mode, x, sizes, w_hr) is None else handover(x)
-    return ops.run_layer(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    if why_not_call(mode, x, sizes, w_hr) is not None:
+        return ops.run_layer(handover(x), mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    if x.shape[0] and not torch._C._are_functorch_transforms_active() and not (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                            for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))):
+        steps = x.shape[0] // h0.shape[0]
+        out, h_n, c_n, _ = _run_forward(x, (h0.shape[0],) * steps, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
+                                        train=False)
+        return out.reshape(x.shape[0], -1), h_n, c_n
+    return ops.run_layer("aten", mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 
 
 def handover(x: Tensor) -> str:

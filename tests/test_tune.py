@@ -1,0 +1,197 @@
+"""engine="auto" on CPU: the per-machine choice between the CPU engine and torch's fused LSTM (engines/tune.py).
+
+Failure modes of the cache (unwritable folder, corrupt file, another machine's file, two processes
+calibrating at once), where timing must never run (torch.compile, torch.func), and that the results do
+not depend on which engine was picked beyond the float tolerance. Speed is benchmarks/cpu.py's business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.engines import aten, tune
+from rnnkit.testing import assert_close
+
+pytestmark = pytest.mark.skipif(aten.why_not(torch.zeros(1)) is not None, reason="this torch build has no oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RNNKIT_TUNE", raising=False)
+    tune.forget()
+    yield tmp_path / "cache"
+    tune.forget()
+
+
+def lstm_pair(hidden=5):
+    torch.manual_seed(0)
+    auto, ref = rnnkit.LSTM(3, hidden), rnnkit.LSTM(3, hidden, engine="reference")
+    ref.load_state_dict(auto.state_dict())
+    return auto, ref
+
+
+def check_against_reference(auto, ref, x):
+    """Outputs and every gradient of the auto layer equal the reference engine's."""
+    xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (a, (ha, ca)), (r, (hr, cr)) = auto(xa), ref(xr)
+    for p, q in ((a, r), (ha, hr), (ca, cr)):
+        assert_close(p, q, "output", "auto output")
+    up = torch.randn_like(a)
+    for k, (p, q) in enumerate(zip(torch.autograd.grad(a, [xa, *auto.parameters()], up),
+                                   torch.autograd.grad(r, [xr, *ref.parameters()], up), strict=True)):
+        assert_close(p, q, "grad", f"auto gradient {k}")
+
+
+def entries(path: Path) -> dict:
+    return json.loads(path.read_text())["entries"]
+
+
+def test_first_call_calibrates_and_writes_the_cache(own_cache):
+    auto, ref = lstm_pair()
+    check_against_reference(auto, ref, torch.randn(6, 2, 3))
+    written = entries(tune.cache_path())
+    assert tune.cache_path().parent == own_cache
+    assert [k.split("|")[:2] for k in written] == [["LSTM", "train"]]
+    assert all(v["engine"] in ("cpu", "aten") for v in written.values())
+
+
+def test_a_later_process_reads_the_choice_instead_of_timing(own_cache, monkeypatch):
+    auto, ref = lstm_pair()
+    check_against_reference(auto, ref, torch.randn(6, 2, 3))
+    tune.forget()  # as a new process: the file is all it knows
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: pytest.fail("calibrated again despite the cache"))
+    check_against_reference(auto, ref, torch.randn(6, 2, 3))
+
+
+@pytest.mark.parametrize("engine", ["cpu", "aten"])
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+def test_results_do_not_depend_on_the_choice(engine, grad, monkeypatch):
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: {"engine": engine})
+    auto, ref = lstm_pair()
+    x = torch.randn(7, 3, 3)
+    if grad:
+        check_against_reference(auto, ref, x)
+    else:
+        with torch.no_grad():
+            (a, (ha, ca)), (r, (hr, cr)) = auto(x), ref(x)
+        for p, q in ((a, r), (ha, hr), (ca, cr)):
+            assert_close(p, q, "output", "auto output without grad")
+    assert {v["engine"] for v in tune.table().values()} == {engine}
+
+
+def test_unwritable_cache_folder_still_gives_correct_results(monkeypatch, tmp_path, capfd):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RNNKIT_CACHE_DIR", str(blocker / "cache"))  # mkdir fails: its parent is a file
+    tune.forget()
+    auto, ref = lstm_pair()
+    check_against_reference(auto, ref, torch.randn(6, 2, 3))
+    assert len(tune.table()) == 1  # kept in this process
+    assert capfd.readouterr().err == ""
+
+
+def test_corrupt_cache_file_counts_as_empty_and_is_replaced(own_cache):
+    own_cache.mkdir(parents=True)
+    tune.cache_path().write_text('{"format": 1, "machine": {"cpu": tru')  # a torn write from elsewhere
+    auto, ref = lstm_pair()
+    check_against_reference(auto, ref, torch.randn(6, 2, 3))
+    assert len(entries(tune.cache_path())) == 1
+
+
+@pytest.mark.parametrize("payload", [
+    {"format": 1, "machine": "another machine", "entries": {}},
+    {"format": 999, "entries": {}},
+    [1, 2, 3],
+    "just a string",
+])
+def test_foreign_or_malformed_cache_files_are_ignored(own_cache, payload):
+    own_cache.mkdir(parents=True)
+    tune.cache_path().write_text(json.dumps(payload))
+    assert tune.read_file(tune.cache_path()) == {}
+
+
+def test_entries_naming_unknown_engines_are_ignored(own_cache):
+    own_cache.mkdir(parents=True)
+    good = {"engine": "aten"}
+    tune.cache_path().write_text(json.dumps({"format": tune.FORMAT, "machine": tune.machine_key(),
+                                             "entries": {"a": {"engine": "warp-drive"}, "b": 3, "c": good}}))
+    assert tune.read_file(tune.cache_path()) == {"c": good}
+
+
+CHILD = """
+import json, sys, torch, rnnkit
+from rnnkit.engines import tune
+from rnnkit.testing import assert_close
+torch.manual_seed(0)
+auto, ref = rnnkit.LSTM(3, 6), rnnkit.LSTM(3, 6, engine="reference")
+ref.load_state_dict(auto.state_dict())
+x = torch.randn(9, 2, 3, requires_grad=True)
+a, _ = auto(x); r, _ = ref(x)
+assert_close(a, r, "output", "child output")
+g = torch.randn_like(a)
+for p, q in zip(torch.autograd.grad(a, [x, *auto.parameters()], g), torch.autograd.grad(r, [x, *ref.parameters()], g)):
+    assert_close(p, q, "grad", "child gradient")
+print(json.dumps(sorted(tune.table())))
+"""
+
+
+def test_two_processes_calibrating_at_once_both_get_correct_results(own_cache):
+    env = {**os.environ, "RNNKIT_CACHE_DIR": str(own_cache)}
+    children = [subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [c.communicate(timeout=300) for c in children]
+    for child, (out, err) in zip(children, results, strict=True):
+        assert child.returncode == 0, err
+    keys = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+    assert keys[0] == keys[1] and len(keys[0]) == 1
+    assert set(entries(tune.cache_path())) == set(keys[0])  # one valid file, whichever rename came last
+    assert not [p for p in own_cache.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_no_timing_under_torch_func_or_with_tuning_off(monkeypatch):
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: pytest.fail("calibrated where it must not"))
+    auto, _ = lstm_pair()
+    params = dict(auto.named_parameters())
+    x = torch.randn(4, 2, 3)
+    grads = torch.func.grad(lambda p: torch.func.functional_call(auto, p, (x,))[0].sum())(params)
+    assert set(grads) == set(params)
+    monkeypatch.setenv("RNNKIT_TUNE", "0")
+    auto(torch.randn(4, 2, 3, requires_grad=True))[0].sum().backward()
+    assert tune.table() == {}
+
+
+def test_no_timing_while_torch_compile_traces(monkeypatch):
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: pytest.fail("calibrated while tracing"))
+    auto, ref = lstm_pair()
+    compiled = torch.compile(auto, backend="eager", fullgraph=True)
+    x = torch.randn(4, 2, 3)
+    out, _ = compiled(x)
+    assert_close(out, ref(x)[0], "output", "compiled output")
+
+
+def test_other_cells_and_packed_batches_never_time(monkeypatch):
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: pytest.fail("nothing to choose between here"))
+    rnnkit.GRU(3, 4)(torch.randn(5, 2, 3))
+    rnnkit.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
+    rnnkit.LSTM(3, 4)(packed)
+    rnnkit.LSTM(3, 4, dtype=torch.float64)(torch.randn(5, 2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("engine", ["auto", "cpu", "aten"])
+def test_backward_with_an_empty_batch_prints_nothing(engine, capfd):
+    lstm = rnnkit.LSTM(3, 4, engine=engine)
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    out, (h, c) = lstm(x)
+    (out.sum() + h.sum() + c.sum()).backward()
+    assert x.grad.shape == x.shape
+    assert capfd.readouterr().err == ""
