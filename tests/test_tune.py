@@ -195,3 +195,18 @@ def test_backward_with_an_empty_batch_prints_nothing(engine, capfd):
     (out.sum() + h.sum() + c.sum()).backward()
     assert x.grad.shape == x.shape
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "train"])
+def test_timing_leaves_the_random_stream_alone(own_cache, train):
+    """A seeded run draws the same numbers whether or not its first call timed the candidates."""
+    auto, _ = lstm_pair()
+    x = torch.randn(6, 2, 3, requires_grad=train)
+    draws = []
+    for _ in range(2):  # the first pass times and caches; the second reads the cache
+        torch.manual_seed(1)
+        with torch.set_grad_enabled(train):
+            auto(x)
+        draws.append(torch.rand(4))
+    assert len(entries(next(own_cache.glob("*.json")))) == 1  # the first pass did time
+    assert torch.equal(draws[0], draws[1])
