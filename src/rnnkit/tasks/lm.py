@@ -41,6 +41,18 @@ def truncation(config: RunConfig) -> tuple[int, int]:
     return k1, k2
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), and inf where that is too large for a float (never a capped, made-up number).
+
+    >>> perplexity(0.0), perplexity(1000.0)
+    (1.0, inf)
+    """
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 class LanguageModelTask:
     metric, higher_is_better, has_valid = "loss", False, True
 
@@ -88,7 +100,7 @@ class LanguageModelTask:
             total += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
             count += y.numel()
         loss = total / count
-        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        metrics = {"loss": loss, "perplexity": perplexity(loss)}
         if self.level == "char":
             metrics["bpc"] = loss / math.log(2)
         return metrics
