@@ -160,7 +160,7 @@ class Trainer:
         self.step, self.epoch, self.position = 0, 0, 0  # position: next batch index within the epoch
         self.best, self.evals_without_gain, self.carry, self.bad_steps = None, 0, None, 0
         self.best_loss = None  # the validation loss of the best evaluation, where the task reports one
-        self.losses: list[float] = []  # training losses since the last logged row (their mean is logged)
+        self.losses: list[float] = []  # this epoch's training losses since the last logged row (their mean is logged)
         self.evaluated_at = None  # the step of the last validation: a step is evaluated once
         self.saved_step = None  # the step of the checkpoint on disk
         self.first_bad_step = None
@@ -393,6 +393,7 @@ class Trainer:
         bar.close()
         if self.position >= n:  # the epoch is complete: the next starts at its first batch with a fresh state
             self.epoch, self.position, self.carry = self.epoch + 1, 0, None
+            self.losses = []  # a logged training loss averages steps of one epoch
             self.schedule.after("epoch")
         stop = self.validate()
         self.save()
