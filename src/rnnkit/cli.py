@@ -171,7 +171,7 @@ def cmd_eval(args) -> None:
 
     config = load_config(args.run)
     task = make_task(config)
-    if args.split == "valid" and not getattr(task, "has_valid", True):
+    if args.split == "valid" and not task.has_valid:
         raise ValueError(f"{args.run} has no validation split (trained with --valid-fraction 0); use --split test")
     model = task.build_model()
     load_weights(args.run, model, config.task.task)
@@ -184,7 +184,7 @@ def cmd_eval(args) -> None:
 def cmd_generate(args) -> None:
     from .data import Vocab
     from .tasks.lm import generate
-    from .tasks.models import LanguageModel
+    from .tasks.models.language import LanguageModel
 
     config = load_config(args.run)
     if config.task.task != "lm":
@@ -210,13 +210,13 @@ def latest_run(task: str, root: str = "runs") -> str:
 
 def cmd_predict(args) -> None:
     """rnnkit g2p/translate/tag/caption INPUT...: one output line per input, from a trained run."""
-    from .tasks import PREDICTORS
+    from .tasks import predictor
 
     run = args.run or latest_run(args.command)
     config = load_config(run)
     if config.task.task != args.command:
         raise ValueError(f"{run} is a {config.task.task!r} run; rnnkit {args.command} needs a {args.command} run")
-    task = PREDICTORS[args.command].for_inference(config, task_state(run, args.command, ()))
+    task = predictor(args.command).for_inference(config, task_state(run, args.command, ()))
     model = task.build_model()
     load_weights(run, model, args.command)
     model.eval()
@@ -296,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_gradflow)
 
-    for command, task_class in PREDICTORS.items():
-        p = sub.add_parser(command, help=task_class.predict_help)
+    for command, (_, help_text) in PREDICTORS.items():
+        p = sub.add_parser(command, help=help_text)
         p.add_argument("inputs", nargs="+", metavar="INPUT", help="what to run the model on")
         p.add_argument("--run", help=f"a {command} run folder (default: the newest under runs/)")
         p.set_defaults(func=cmd_predict)

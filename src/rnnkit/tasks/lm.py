@@ -17,8 +17,9 @@ from ..data import (DataError, Vocab, batchify, detokenize, file_text, fortunes_
                     tokenize)
 from ..train import tbptt
 from ..train.config import RunConfig
-from . import decode
-from .models import LanguageModel
+from ..train.interface import TaskBase
+from . import decoding as decode
+from .models.language import LanguageModel
 
 DEFAULT_BPTT = 64
 EVAL_COLUMNS = 16  # parallel columns when evaluating a held-out stream
@@ -53,7 +54,7 @@ def perplexity(loss: float) -> float:
         return math.inf
 
 
-class LanguageModelTask:
+class LanguageModelTask(TaskBase):
     metric, higher_is_better, has_valid = "loss", False, True
 
     def __init__(self, config: RunConfig, text: str | None = None, vocab: Vocab | None = None):

@@ -304,7 +304,7 @@ class Trainer:
 
         A step is evaluated once: at an epoch's end that --eval-every has just evaluated, the
         weights are the same, and a second look must not count against patience."""
-        if not getattr(self.task, "has_valid", True):  # e.g. --valid-fraction 0: the last weights are tested
+        if not self.task.has_valid:  # e.g. --valid-fraction 0: the last weights are tested
             return False
         if self.evaluated_at == self.step:
             return self.patience_ran_out()
@@ -412,7 +412,7 @@ class Trainer:
             self.run.log(self.step, self.epoch, "test", results)
             self.run.write_json("results.json", {"step": self.step, "best_valid": self.best, "test": results})
             learning_curves(read_rows(self.run.metrics_path), self.run.file("plots"))
-            for path in getattr(self.task, "save_plots", lambda model, folder: [])(self.model, self.run.path):
+            for path in self.task.save_plots(self.model, self.run.path):
                 self.print(f"wrote {path}")  # task-specific plots, such as a seq2seq run's attention heat maps
         return results
 
