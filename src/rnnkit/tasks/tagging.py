@@ -2,7 +2,7 @@
 
 A Tagger reads word embeddings (and, with --char-embed, a small character summary of each word)
 with a bidirectional rnnkit layer stack and scores every tag at every word. The output layer is
-a per-word softmax, or with --crf a linear-chain CRF (rnnkit.tasks.crf) trained on the whole
+a per-word softmax, or with --crf a linear-chain CRF (rnnkit.tasks.models.crf) trained on the whole
 path's likelihood and decoded by Viterbi. The metric is token accuracy on the held-out 10% of
 sentences; accuracy on words never seen in training (OOV) is reported beside it.
 

@@ -34,6 +34,6 @@ class LanguageModel(nn.Module):
         return self.head(self.drop(out)), state  # (B, T, V)
 
     def step(self, tokens: Tensor, state=None):
-        """One token per sequence (B,) -> (logits (B, V), state): the decoder interface of rnnkit.tasks.decode."""
+        """One token per sequence (B,) -> (logits (B, V), state): the decoder interface of rnnkit.tasks.decoding."""
         logits, state = self(tokens[:, None], state)
         return logits[:, 0], state

@@ -149,7 +149,7 @@ class Seq2Seq(nn.Module):
         return self.decoder.start(memory, length_mask(lengths.to(src.device), src.shape[1]), final)
 
     def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
-        """rnnkit.tasks.decode's interface: tokens (B,) -> (logits (B, V), state)."""
+        """rnnkit.tasks.decoding's interface: tokens (B,) -> (logits (B, V), state)."""
         attentional, state, _ = self.decoder.step(tokens, state)
         return self.decoder.logits(attentional), state
 
