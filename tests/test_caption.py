@@ -23,7 +23,7 @@ from rnnkit import cli
 from rnnkit.data import SOURCES, DataError
 from rnnkit.data import emoji as emoji_data
 from rnnkit.tasks import caption as caption_task
-from rnnkit.tasks import decode
+from rnnkit.tasks import decoding as decode
 from rnnkit.tasks.caption import (
     CaptionTask,
     build_vocab,
@@ -32,8 +32,8 @@ from rnnkit.tasks.caption import (
     exact_match,
     nearest_captions,
 )
-from rnnkit.tasks.caption_model import Captioner
-from rnnkit.tasks.seqmetrics import bleu
+from rnnkit.tasks.models.captioner import Captioner
+from rnnkit.tasks.metrics import bleu
 from rnnkit.train.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
 
 MAX_SECONDS = 20  # the limit for one task's tiny end-to-end run

@@ -303,7 +303,7 @@ def test_batch_size_larger_than_the_data(capsys, sources, tmp_path, argv, match)
     (["--tie-weights"], r"--tie-weights needs --embed equal to --hidden, got 64 and 128"),
     (["--bptt", "8", "--bptt-back", "4"], r"--bptt-back 4 must be at least --bptt 8"),
     (["--engine", "nosuch"], r"unknown engine 'nosuch': expected one of"),
-    (["--layers", "0"], r"num_layers must be at least 1, got 0"),
+    (["--layers", "0"], r"--layers must be at least 1, got 0"),
 ])
 def test_settings_that_cannot_work(capsys, tmp_path, data_dir, argv, match):
     if argv[0] == "--device" and argv[1].startswith("cuda") and torch.cuda.is_available():
@@ -311,3 +311,126 @@ def test_settings_that_cannot_work(capsys, tmp_path, data_dir, argv, match):
     fails(capsys, "train", "lm", "--corpus", data_dir / "chars.txt", "--batch-size", "4", "--out", "run", *argv,
           match=match)
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- every option in its range (issue 12)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--epochs", "0"], r"--epochs must be at least 1, got 0$"),
+    (["--epochs", "-1"], r"--epochs must be at least 1, got -1$"),
+    (["--max-steps", "-1"], r"--max-steps must be at least 0 \(0: no limit\), got -1$"),
+    (["--max-minutes", "-1"], r"--max-minutes must be at least 0 \(0: no limit\), got -1\.0$"),
+    (["--max-minutes", "nan"], r"--max-minutes must be a finite number, got nan$"),
+    (["--max-chars", "-5"], r"--max-chars must be at least 0 \(0: all\), got -5$"),
+    (["--checkpoint-every", "0"], r"--checkpoint-every must be at least 1, got 0$"),
+    (["--checkpoint-every", "-1"], r"--checkpoint-every must be at least 1, got -1$"),
+    (["--eval-every", "-1"], r"--eval-every must be at least 0 \(0: epochs only\), got -1$"),
+    (["--max-bad-steps", "0"], r"--max-bad-steps must be at least 1, got 0$"),
+    (["--clip", "-1"], r"--clip must be at least 0 \(0: off\), got -1\.0$"),
+    (["--clip-value", "inf"], r"--clip-value must be a finite number, got inf$"),
+    (["--threads", "-1"], r"--threads must be at least 0 \(0: torch's default\), got -1$"),
+    (["--seed", "-1"], r"--seed must be in 0\.\.9223372036854775807, got -1$"),
+    (["--seed", str(2**63)], r"--seed must be in 0\.\.9223372036854775807, got 9223372036854775808$"),
+    (["--dropout", "1"], r"--dropout must be in \[0, 1\), got 1\.0$"),
+    (["--hidden", "0"], r"--hidden must be at least 1, got 0$"),
+    (["--embed", "-2"], r"--embed must be at least 1, got -2$"),
+    (["--lr", "-0.1"], r"--lr must be at least 0, got -0\.1$"),
+    (["--patience", "-3"], r"--patience must be at least 0 \(0: never\), got -3$"),
+    (["--bptt", "-8"], r"--bptt must be at least 0 \(0: 64\), got -8$"),
+    (["--valid-fraction", "1.5"], r"--valid-fraction must be in \[0, 1\), got 1\.5$"),
+    (["--beam", "0"], r"--beam must be at least 1, got 0$"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_each_option_outside_its_range(capsys, tmp_path, data_dir, argv, match):
+    """Each error names the option, what was given and what is allowed; nothing is created."""
+    fails(capsys, "train", "lm", "--corpus", data_dir / "chars.txt", "--batch-size", "4", "--out", "run", *argv,
+          match=match)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_an_option_outside_its_range_with_resume(capsys, run_copy):
+    before = snapshot(run_copy)
+    fails(capsys, "train", "--resume", run_copy, "--epochs", "0", match=r"--epochs must be at least 1, got 0$")
+    assert snapshot(run_copy) == before
+
+
+def test_an_engine_this_machine_cannot_run(capsys, monkeypatch, tmp_path, data_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from rnnkit.engines import triton as triton_engine
+
+    # the tests run Triton's interpreter on CPU tensors (conftest.py); a user's machine without CUDA does not
+    monkeypatch.setattr(triton_engine, "why_not", lambda x: f"it needs a CUDA tensor, got a tensor on {x.device}")
+    fails(capsys, "train", "lm", "--corpus", data_dir / "chars.txt", "--out", "run", "--engine", "triton",
+          match=r"--engine triton cannot run with --device cpu: .*needs a CUDA tensor")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("hidden", "abc", r"--hidden must be an integer, got 'abc'"),
+    ("dropout", True, r"--dropout must be a finite number, got True"),
+    ("bidirectional", "yes", r"--bidirectional must be true or false, got 'yes'"),
+    ("layers", -1, r"--layers must be at least 1, got -1"),
+])
+def test_a_config_json_with_wrong_types(capsys, run_copy, field, value, match):
+    edit_config(run_copy, "model", **{field: value})
+    before = snapshot(run_copy)
+    for argv in (["eval", run_copy], ["generate", run_copy, "--prompt", "The"], ["train", "--resume", run_copy]):
+        fails(capsys, *argv, match=rf"config\.json is not a valid rnnkit config \({match}\); restore it")
+    assert snapshot(run_copy) == before
+
+
+def test_generate_from_a_diverged_model(capsys, run_copy):
+    for name in ("best.pt", "checkpoint.pt"):
+        state = torch.load(run_copy / name, weights_only=True)
+        state["model"] = {k: torch.full_like(v, float("nan")) for k, v in state["model"].items()}
+        torch.save(state, run_copy / name)
+    for method in ("sample", "greedy", "beam"):
+        fails(capsys, "generate", run_copy, "--prompt", "The", "--method", method,
+              match=r"the model's scores are NaN or infinite \(the model has diverged")
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(capsys, run_copy, monkeypatch):
+    previous = (run_copy / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        f.write(b"PK\x03\x04 a few bytes")
+        raise RuntimeError("[enforce fail at inline_container.cc:659] . unexpected pos 64 vs 0\n"
+                           "PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    code = cli.main(["train", "--resume", str(run_copy), "--max-steps", "30", "--no-progress"])
+    out, err = capsys.readouterr()  # stdout has the validation line that came before the failed save
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(r"^rnnkit: error: could not write \S+\.pt \(.*file write failed\); the previous file is "
+                     r"intact; free disk space", err), err
+    monkeypatch.setattr(torch, "save", real_save)
+    assert (run_copy / "checkpoint.pt").read_bytes() == previous
+    assert not list(run_copy.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("where", ["parser", "training"])
+def test_ctrl_c_exits_130_with_one_line(capsys, monkeypatch, data_dir, where):
+    """Ctrl-C at any moment: while the command line is still importing (the parser is built after the
+    imports), or during training."""
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+
+    if where == "parser":
+        monkeypatch.setattr(cli, "build_parser", interrupt)
+    else:
+        from rnnkit.train.trainer import Trainer
+
+        monkeypatch.setattr(Trainer, "train_step", interrupt)
+    code = cli.main(["train", "lm", "--corpus", str(data_dir / "chars.txt"), "--batch-size", "4", "--out", "run",
+                     "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 130 and out == ""
+    assert err.startswith("rnnkit: interrupted") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_overflow_in_training(capsys, tmp_path):
+    fails(capsys, "train", "adding", "--length", "8", "--examples", "32", "--batch-size", "16", "--hidden", "4",
+          "--lr", "1e38", "--out", "run", "--no-progress",
+          match=r"the optimizer step 1 overflowed .*--lr 1e\+38 is too large")

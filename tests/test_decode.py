@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from rnnkit.tasks.decode import beam_search, greedy, reorder_state, sample, sequence_log_prob
+from rnnkit.tasks.decoding import beam_search, greedy, reorder_state, sample, sequence_log_prob
 
 V = 4
 # A table where, for every eos and length_penalty tested, greedy loses for some start token and the

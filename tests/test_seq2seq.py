@@ -10,11 +10,12 @@ import math
 import pytest
 import torch
 
-from rnnkit.tasks import decode
-from rnnkit.tasks.attention import AdditiveAttention, MultiplicativeAttention, masked_softmax
-from rnnkit.tasks.seq2seq import Seq2Seq, reorder, source_mask
-from rnnkit.tasks.seq2seq_task import gold_probability, teacher_forcing
-from rnnkit.tasks.seqmetrics import bleu, edit_distance, error_rates
+from rnnkit.tasks import decoding as decode
+from rnnkit.tasks.common import length_mask as source_mask
+from rnnkit.tasks.metrics import bleu, edit_distance, error_rates
+from rnnkit.tasks.models.attention import AdditiveAttention, MultiplicativeAttention, masked_softmax
+from rnnkit.tasks.models.seq2seq import Seq2Seq, reorder
+from rnnkit.tasks.seq2seq import gold_probability, teacher_forcing
 from rnnkit.train.config import ModelConfig
 
 ATTENTION = (AdditiveAttention, MultiplicativeAttention)

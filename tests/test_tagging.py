@@ -21,7 +21,7 @@ import torch
 from rnnkit import cli
 from rnnkit.data import SOURCES, DataError, peoples_daily_splits, read_tagged
 from rnnkit.data.pos import held_out, parse_line
-from rnnkit.tasks.crf import LinearChainCRF
+from rnnkit.tasks.models.crf import LinearChainCRF
 from rnnkit.tasks.tagging import pooled_order, token_accuracy
 
 # A lexicon where each word has one tag, and sentences built from tag patterns: a tagger that

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import math
 import os
 
 import pytest
@@ -126,10 +128,25 @@ def interrupt_at(task, step: int):
     task.loss = killing_loss
 
 
+def event_scalars(folder) -> list[tuple[str, int, float]]:
+    """Every (tag, step, value) in a run folder's TensorBoard files, as any reader sees them (sorted)."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+
+    out = []
+    for name in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        for record in RawEventFileLoader(name).Load():
+            event = event_pb2.Event.FromString(record)
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return sorted(out)
+
+
 @pytest.mark.parametrize("kind,kill_at", [("lm", 6), ("lm", 13), ("adding", 5), ("adding", 9)],
                          ids=["lm-mid-epoch", "lm-next-epoch", "adding-mid-epoch", "adding-after-epoch"])
 def test_a_killed_run_resumes_to_the_bit_identical_result(tmp_path, kind, kill_at):
-    config = (lm_config if kind == "lm" else adding_config)(checkpoint_every=2, schedule="cosine")
+    # eval_every 5 puts validation rows between checkpoints; the checkpoints at odd epoch ends (lm: 12
+    # windows, adding: 6 batches per epoch) fall between the logged training-loss rows (every 10 steps)
+    config = (lm_config if kind == "lm" else adding_config)(checkpoint_every=2, schedule="cosine", eval_every=5)
     make = (lambda: LanguageModelTask(config, text=SHORT_TEXT)) if kind == "lm" else (lambda: make_task(config))
     straight = final_weights(make(), config, str(tmp_path / "straight"))
 
@@ -144,6 +161,10 @@ def test_a_killed_run_resumes_to_the_bit_identical_result(tmp_path, kind, kill_a
         assert torch.equal(straight[k], resumed[k]), k
     steps = lambda run: [r.split(",")[0] for r in open(tmp_path / run / "metrics.csv").read().splitlines()[1:]]
     assert steps("straight") == steps("killed")  # the log holds no row twice after a resume
+    for log in ("metrics.csv", "grad_norms.csv", "results.json"):  # the logs are as exact as the weights
+        assert (tmp_path / "killed" / log).read_text() == (tmp_path / "straight" / log).read_text(), log
+    assert event_scalars(tmp_path / "killed") == event_scalars(tmp_path / "straight")
+    assert len(event_scalars(tmp_path / "straight")) > 10
 
 
 # ---------------------------------------------------------------- non-finite steps, clipping, early stopping
@@ -182,10 +203,13 @@ def test_a_run_that_keeps_diverging_stops_and_keeps_the_good_checkpoint(tmp_path
     task = make_task(config)
     poison(task, set(range(5, 100)))
     folder = str(tmp_path / "run")
-    with pytest.raises(TrainingError, match="3 steps in a row.*lower --lr"):
+    with pytest.raises(TrainingError, match=r"3 steps in a row.*\(steps 5 to 7\); lower --lr.*"
+                                            r"the checkpoint on disk is from step 4 \(the first bad step was 5\)"):
         final_weights(task, config, folder)
     state = ckpt.load(os.path.join(folder, "checkpoint.pt"))
-    assert state["progress"]["step"] == 6  # steps 5 and 6 were skipped; 7 was the third bad one in a row
+    # steps 5 and 6 were skipped and 7 was the third bad one in a row: no checkpoint is written during
+    # such a streak (not at step 6 either), so the one on disk is from before the first bad step
+    assert state["progress"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert not os.path.exists(os.path.join(folder, "results.json"))
 
@@ -277,6 +301,59 @@ def test_a_validation_tie_keeps_the_weights_with_the_lower_loss(tmp_path):
     trainer.fit()
     assert ckpt.load(str(tmp_path / "run" / "best.pt"))["step"] == 2 * task.num_batches()
     assert (trainer.best, trainer.best_loss) == (0.5, 0.7)
+
+
+def test_a_step_is_evaluated_once_and_counts_once_against_patience(tmp_path):
+    """--eval-every 3 with 6 batches per epoch: step 6 ends the epoch too, on the same weights."""
+    config = adding_config(epochs=5, lr=0.0, patience=2, eval_every=3)  # lr 0: the metric never improves
+    task = make_task(config)
+    evaluated = []
+    evaluate = task.evaluate
+    task.evaluate = lambda model, split: (evaluated.append(trainer.step) if split == "valid" else None) \
+        or evaluate(model, split)
+    trainer = Trainer(task, config, str(tmp_path / "run"), progress=False, print_fn=quiet)
+    trainer.fit()
+    assert evaluated == [3, 6, 9]  # 3 sets the best, 6 and 9 do not improve: patience 2 is spent at 9, not 6
+    rows = [r for r in open(tmp_path / "run" / "metrics.csv").read().splitlines() if ",valid," in r]
+    assert [r.split(",")[0] for r in rows] == ["3", "6", "9"]
+
+
+def test_a_non_finite_validation_metric_never_becomes_best_pt(tmp_path):
+    config = adding_config(epochs=2)
+    task = make_task(config)
+    task.evaluate = lambda model, split: {"mse": math.inf if split == "valid" else 0.5}
+    messages = []
+    trainer = Trainer(task, config, str(tmp_path / "run"), progress=False, print_fn=messages.append)
+    trainer.fit()
+    assert not os.path.exists(tmp_path / "run" / "best.pt") and trainer.best is None
+    assert "valid mse inf" in "\n".join(messages)  # shown as what it is
+    assert not improved(math.nan, None, False) and not improved(math.inf, 1.0, True)
+
+
+def test_a_run_that_diverges_from_its_first_step_writes_no_checkpoint_and_says_so(tmp_path):
+    config = adding_config(epochs=3, checkpoint_every=1, max_bad_steps=3)
+    task = make_task(config)
+    poison(task, set(range(1, 100)))
+    with pytest.raises(TrainingError, match=r"\(steps 1 to 3\).*no checkpoint was written before it "
+                                            r"\(the first bad step was 1\)"):
+        final_weights(task, config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoint.pt")
+    assert not os.path.exists(tmp_path / "run" / "best.pt")
+
+
+def test_an_optimizer_step_that_overflows_is_a_training_error(tmp_path):
+    config = adding_config(lr=1e38)  # Adam's first step is lr / (1 - beta1) = 1e39: beyond float32
+    with pytest.raises(TrainingError, match=r"optimizer step 1 overflowed .*--lr 1e\+38 is too large for "
+                                            r"torch.float32 weights; no checkpoint was written before it"):
+        final_weights(make_task(config), config, str(tmp_path / "run"))
+
+
+def test_perplexity_too_large_to_show_is_inf_not_capped():
+    from rnnkit.tasks.lm import perplexity
+    from rnnkit.train.trainer import show
+
+    assert perplexity(60.0) == math.exp(60.0)  # was capped at exp(50)
+    assert show({"loss": 800.0, "perplexity": perplexity(800.0)}) == "loss 800  perplexity inf"
 
 
 def test_improved():

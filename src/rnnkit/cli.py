@@ -8,7 +8,10 @@
     rnnkit datasets                     which data sets this machine has, and how to install the rest
 
 Training options are generated from the config dataclasses (rnnkit.train.config), so every
-subcommand spells them the same way. Errors a user can fix print one line and exit with 2.
+subcommand spells them the same way, and rnnkit.train.config.check is where their values are
+checked. Errors a user can fix print one line and exit with 2; Ctrl-C exits with 130.
+
+A subcommand is a function cmd_NAME(args) and a sub-parser in build_parser.
 """
 
 from __future__ import annotations
@@ -19,18 +22,18 @@ import json
 import os
 import sys
 
-from . import demo as demo_module
-from .data import DataError, Vocab, describe_sources
-from .tasks import PREDICTORS, TASK_DEFAULTS, TASKS, gradflow, make_task
-from .tasks.lm import generate as lm_generate
-from .tasks.models import LanguageModel
-from .train import checkpoint as ckpt
-from .train.checkpoint import CheckpointError
-from .train.config import SECTIONS, RunConfig
-from .train.runlog import default_name
-from .train.trainer import Trainer, TrainingError
+# Only the standard library at import time: the rest is imported inside main(), so that Ctrl-C
+# while torch is still loading ends like any other interrupt (exit 130, one line).
 
-USER_ERRORS = (DataError, CheckpointError, TrainingError, ValueError, OSError)
+
+def user_errors() -> tuple[type, ...]:
+    """The exceptions that are the user's to fix: one line on stderr, exit status 2."""
+    from .data import DataError
+    from .train.checkpoint import CheckpointError
+    from .train.files import RunFolderError
+    from .train.trainer import TrainingError
+
+    return DataError, CheckpointError, RunFolderError, TrainingError, ValueError, OSError
 
 
 # ---------------------------------------------------------------- options from dataclasses
@@ -38,6 +41,8 @@ USER_ERRORS = (DataError, CheckpointError, TrainingError, ValueError, OSError)
 
 def add_config_options(parser: argparse.ArgumentParser, skip=("task",)) -> None:
     """One --option per config field; defaults stay None so only what the user typed overrides."""
+    from .train.config import SECTIONS
+
     for section, kind in SECTIONS.items():
         group = parser.add_argument_group(f"{section} options")
         for f in dataclasses.fields(kind):
@@ -55,6 +60,8 @@ def add_config_options(parser: argparse.ArgumentParser, skip=("task",)) -> None:
 
 def given_options(args: argparse.Namespace) -> dict[str, dict]:
     """{section: {field: value}} for the options present on the command line."""
+    from .train.config import SECTIONS
+
     out = {s: {} for s in SECTIONS}
     for key, value in vars(args).items():
         if "." in key and value is not None:
@@ -63,7 +70,10 @@ def given_options(args: argparse.Namespace) -> dict[str, dict]:
     return out
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace):
+    from .tasks import TASK_DEFAULTS
+    from .train.config import RunConfig
+
     given = given_options(args)
     given["task"]["task"] = args.task
     for section, values in TASK_DEFAULTS.get(args.task, {}).items():
@@ -75,6 +85,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args) -> None:
+    from .tasks import TASKS, make_task
+    from .train.config import check
+    from .train.distributed import launched_rank
+    from .train.runlog import RunFolder, RunFolderError, default_name, run_files
+    from .train.trainer import Trainer
+
+    rank, run = launched_rank(), None
     if args.resume:
         extra = {k for section in given_options(args).values() for k in section} - {"epochs", "max_steps"}
         if extra or args.task:
@@ -83,85 +100,101 @@ def cmd_train(args) -> None:
         folder = args.resume
         config = load_config(folder)
         config.train = dataclasses.replace(config.train, **given_options(args)["train"])
+        check(config)
+        if rank == 0:
+            run = RunFolder.reopen(folder)  # refused at once if another process trains this run
     else:
         if not args.task:
             raise ValueError(f"name a task: rnnkit train TASK, with TASK one of {', '.join(TASKS)}")
         config = config_from_args(args)
+        check(config)
         folder = args.out or os.path.join("runs", default_name(config.task.task, config.model.cell))
-        if os.path.exists(os.path.join(folder, "checkpoint.pt")):
-            raise ValueError(f"{folder} already holds a run; continue it with --resume {folder} or pick another --out")
-    check_settings(config)
-    task = make_task(config)
-    trainer = Trainer(task, config, folder, resume=bool(args.resume), progress=not args.no_progress)
+        if args.out and os.path.isdir(folder) and run_files(folder):  # checked again, under the lock
+            raise RunFolderError(f"{folder} already holds a run; continue it with --resume {folder} "
+                                 "or pick another --out")
+    try:
+        task = make_task(config)
+        trainer = Trainer(task, config, folder, resume=bool(args.resume), progress=not args.no_progress,
+                          unique=not args.out and not args.resume, run=run)
+    except BaseException:
+        if run is not None:
+            run.close()
+        raise
     trainer.fit()
     if trainer.rank == 0:
-        for path in getattr(task, "save_plots", lambda model, folder: [])(trainer.model, folder):
-            print(f"wrote {path}")  # task-specific plots, such as a seq2seq run's attention heat maps
-        print(f"run folder: {folder}")
+        print(f"run folder: {trainer.folder}")
 
 
-def check_settings(config: RunConfig) -> None:
-    """Settings that would otherwise fail deep inside training, after the run folder was made."""
-    if config.train.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {config.train.batch_size}")
-    import torch
+def load_config(folder: str):
+    """The run's config.json, every field checked (a hand-edited or damaged one is refused)."""
+    from .train.checkpoint import CheckpointError
+    from .train.config import RunConfig, check_fields
 
-    try:
-        device = torch.device(config.train.device)
-    except RuntimeError:
-        raise ValueError(f"--device {config.train.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {config.train.device} needs CUDA, which is not available on this machine; "
-                         "use --device cpu")
-
-
-def load_config(folder: str) -> RunConfig:
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise CheckpointError(f"{folder} is not a run folder (no config.json); pass the folder rnnkit train wrote")
     try:
         with open(path) as f:
-            return RunConfig.from_dict(json.load(f))
-    except (ValueError, TypeError, AttributeError) as e:  # cut JSON, not an object, an unknown field
+            config = RunConfig.from_dict(json.load(f))
+        check_fields(config)
+        return config
+    except (ValueError, TypeError, AttributeError) as e:  # cut JSON, not an object, an unknown field, a bad value
         raise CheckpointError(f"{path} is not a valid rnnkit config ({e}); restore it from a copy "
                               "or train the run again") from None
 
 
-def load_weights(folder: str, model) -> dict:
+def load_weights(folder: str, model, task: str) -> dict:
     """Load the run's best weights (or its latest checkpoint) into model; returns the checkpoint dict."""
+    from .train import checkpoint as ckpt
+
     best = os.path.join(folder, "best.pt")
     path = best if os.path.exists(best) else os.path.join(folder, "checkpoint.pt")
-    state = ckpt.load(path)
+    state = ckpt.load(path, task=task)
     ckpt.check_model_matches(model, state["model"], path)
     model.load_state_dict(state["model"])
     return state
 
 
+def task_state(folder: str, task: str, keys) -> dict:
+    """The task's own state (vocabularies, ...) from the run's checkpoint, holding `keys`."""
+    from .train import checkpoint as ckpt
+
+    path = os.path.join(folder, "checkpoint.pt")
+    return ckpt.task_state(ckpt.load(path, task=task), path, keys)
+
+
 def cmd_eval(args) -> None:
-    config = load_config(args.run)
-    task = make_task(config)
-    if args.split == "valid" and not getattr(task, "has_valid", True):
-        raise ValueError(f"{args.run} has no validation split (trained with --valid-fraction 0); use --split test")
-    model = task.build_model()
-    load_weights(args.run, model)
-    model.eval()
     import torch
 
+    from .tasks import make_task
+    from .train.trainer import show
+
+    config = load_config(args.run)
+    task = make_task(config)
+    if args.split == "valid" and not task.has_valid:
+        raise ValueError(f"{args.run} has no validation split (trained with --valid-fraction 0); use --split test")
+    model = task.build_model()
+    load_weights(args.run, model, config.task.task)
+    model.eval()
     with torch.no_grad():
         metrics = task.evaluate(model, args.split)
-    print(f"{args.split}  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    print(f"{args.split}  " + show(metrics))
 
 
 def cmd_generate(args) -> None:
+    from .data import Vocab
+    from .tasks.lm import generate
+    from .tasks.models.language import LanguageModel
+
     config = load_config(args.run)
     if config.task.task != "lm":
         raise ValueError(f"{args.run} is a {config.task.task!r} run; generate needs a language model (rnnkit train lm)")
-    task_state = ckpt.load(os.path.join(args.run, "checkpoint.pt"))["task"]
-    vocab = Vocab.from_dict(task_state["vocab"])
+    state = task_state(args.run, "lm", ("vocab", "level"))
+    vocab = Vocab.from_dict(state["vocab"])
     model = LanguageModel(config.model, len(vocab))
-    load_weights(args.run, model)
-    text = lm_generate(model, vocab, task_state["level"], args.prompt, args.length, method=args.method,
-                       temperature=args.temperature, top_k=args.top_k, beam=args.beam, seed=args.seed)
+    load_weights(args.run, model, "lm")
+    text = generate(model, vocab, state["level"], args.prompt, args.length, method=args.method,
+                    temperature=args.temperature, top_k=args.top_k, beam=args.beam, seed=args.seed)
     print(args.prompt + text)
 
 
@@ -177,19 +210,23 @@ def latest_run(task: str, root: str = "runs") -> str:
 
 def cmd_predict(args) -> None:
     """rnnkit g2p/translate/tag/caption INPUT...: one output line per input, from a trained run."""
+    from .tasks import predictor
+
     run = args.run or latest_run(args.command)
     config = load_config(run)
     if config.task.task != args.command:
         raise ValueError(f"{run} is a {config.task.task!r} run; rnnkit {args.command} needs a {args.command} run")
-    task = PREDICTORS[args.command].for_inference(config, ckpt.load(os.path.join(run, "checkpoint.pt"))["task"])
+    task = predictor(args.command).for_inference(config, task_state(run, args.command, ()))
     model = task.build_model()
-    load_weights(run, model)
+    load_weights(run, model, args.command)
     model.eval()
     for given, answer in zip(args.inputs, task.predict(model, args.inputs)):
         print(f"{given}\t{answer}")
 
 
 def cmd_gradflow(args) -> None:
+    from .tasks import gradflow
+
     results = gradflow.run(length=args.length, steps=args.steps, hidden=args.hidden, seed=args.seed,
                            progress=not args.no_progress)
     for path in gradflow.save(results, args.out):
@@ -197,22 +234,32 @@ def cmd_gradflow(args) -> None:
 
 
 def cmd_datasets(args) -> None:
+    from .data import describe_sources
+
     for name, available, where, description in describe_sources():
         mark = "yes" if available else "no "
         print(f"{mark}  {name:14s} {description}\n     {'at ' if available else 'install: '}{where}")
+
+
+def cmd_demo(args) -> None:
+    from . import demo
+
+    demo.main(args.out, args.quick)
 
 
 # ---------------------------------------------------------------- the parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .tasks import PREDICTORS, TASKS
+
     parser = argparse.ArgumentParser(prog="rnnkit", description="Train and inspect recurrent networks (RNN, LSTM, GRU).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="char-level LSTM on the standard library, then gradient flow (about 2 minutes)")
     p.add_argument("--out", default="runs/demo", help="folder for the demo's runs and plots")
     p.add_argument("--quick", action="store_true", help="a few seconds of each part (for tests)")
-    p.set_defaults(func=lambda a: demo_module.main(a.out, a.quick))
+    p.set_defaults(func=cmd_demo)
 
     tasks = "\n".join(f"  {name:14s} {desc}" for name, (_, desc) in TASKS.items())
     p = sub.add_parser("train", help="train a model on a task", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -249,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_gradflow)
 
-    for command, task_class in PREDICTORS.items():
-        p = sub.add_parser(command, help=task_class.predict_help)
+    for command, (_, help_text) in PREDICTORS.items():
+        p = sub.add_parser(command, help=help_text)
         p.add_argument("inputs", nargs="+", metavar="INPUT", help="what to run the model on")
         p.add_argument("--run", help=f"a {command} run folder (default: the newest under runs/)")
         p.set_defaults(func=cmd_predict)
@@ -261,19 +308,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except USER_ERRORS as e:
-        if os.environ.get("RNNKIT_DEBUG"):
-            raise
-        print(f"rnnkit: error: {e}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+        errors = user_errors()
+        try:
+            args.func(args)
+        except errors as e:
+            if os.environ.get("RNNKIT_DEBUG"):
+                raise
+            print(f"rnnkit: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
-        print("rnnkit: interrupted; the last checkpoint is intact (resume with rnnkit train --resume RUN)",
-              file=sys.stderr)
+        after = ("; the last checkpoint is intact (continue with rnnkit train --resume RUN)"
+                 if argv_command(argv) == "train" else "")
+        print(f"rnnkit: interrupted{after}", file=sys.stderr)
         return 130
     return 0
+
+
+def argv_command(argv) -> str | None:
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")]
+    return str(words[0]) if words else None
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ def main(out: str, quick: bool = False) -> None:
     task = LanguageModelTask(config)
     print(f"corpus: {sum(len(s) for s in task.streams.values()):,} characters, vocabulary {len(task.vocab)}; "
           f"truncated BPTT over {task.k1} steps, batch {config.train.batch_size}")
-    lm_folder = os.path.join(out, "lm")
-    trainer = Trainer(task, config, lm_folder)
+    trainer = Trainer(task, config, os.path.join(out, "lm"), unique=True)  # a second demo writes lm-2
+    lm_folder = trainer.folder
     length = 60 if quick else 300
     print(f"\nsample before training:\n{sample(trainer, task, length)}\n")
     results = trainer.fit()

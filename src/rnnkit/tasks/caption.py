@@ -1,13 +1,13 @@
 """One-to-many: caption emoji images with their English names (rnnkit train caption).
 
 The data are OpenMoji renderings and the emoji package's names, split by emoji
-(rnnkit.data.emoji). A Captioner (rnnkit.tasks.caption_model) is trained with teacher forcing:
+(rnnkit.data.emoji). A Captioner (rnnkit.tasks.models.captioner) is trained with teacher forcing:
 it reads <bos> w_1 ... w_n and predicts w_1 ... w_n <eos>, cross-entropy summed over words.
 Evaluation decodes greedily (--beam 1) or by beam search (--beam K) and scores the captions
 against the references:
 
     bleu       corpus BLEU-4 by sacrebleu (0-100, case-sensitive) over the caption's words, the tokens
-               the model writes (rnnkit.tasks.seqmetrics.bleu: sacrebleu's own tokenizer is off)
+               the model writes (rnnkit.tasks.metrics.bleu: sacrebleu's own tokenizer is off)
     exact      fraction of captions equal to the reference
     nn_bleu, nn_exact   the nearest-neighbour baseline: each image gets the caption of the training
                image closest in pixel space (Euclidean distance of the RGB values; ties go to the
@@ -29,12 +29,11 @@ import torch.nn.functional as F
 from ..data import DataError, Vocab, epoch_order, num_batches
 from ..data.emoji import emoji_captions, emoji_split, read_image
 from ..train.config import RunConfig
-from . import decode
-from .caption_model import Captioner
-from .seqmetrics import bleu
-
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"  # ids 0, 1, 2, 3
-EVAL_BATCH = 256  # evaluation needs no gradient, so larger batches only save time
+from ..train.interface import TaskBase
+from . import decoding as decode
+from .common import BOS, EOS, EVAL_BATCH, SPECIALS
+from .metrics import bleu
+from .models.captioner import Captioner
 
 
 # ---------------------------------------------------------------- exact match and the baseline
@@ -68,7 +67,7 @@ def nearest_captions(train_images: torch.Tensor, train_captions: list[str], imag
 
 def build_vocab(captions: list[str]) -> Vocab:
     """Every word of the training captions, after the four specials."""
-    return Vocab.build((w for c in captions for w in c.split()), specials=(PAD, UNK, BOS, EOS))
+    return Vocab.build((w for c in captions for w in c.split()), specials=SPECIALS)
 
 
 def encode_captions(captions: list[str], vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,11 +106,10 @@ def load_pairs() -> tuple[np.ndarray, list[str]]:
     return images, captions
 
 
-class CaptionTask:
+class CaptionTask(TaskBase):
     """The trainer's task interface (rnnkit.train.trainer) for image captioning, and its predictor."""
 
     metric, higher_is_better, has_valid = "bleu", True, True
-    predict_help = "caption images with a trained caption run: rnnkit caption IMAGE.png... [--run RUN]"
 
     def __init__(self, config: RunConfig, vocab: Vocab, max_len: int, splits: dict | None = None):
         if config.task.beam < 1:

@@ -17,12 +17,12 @@ from ..data import (FASHION_MNIST_CLASSES, UNK, DataError, SequenceDataset, Voca
                     encode_labels, fashion_mnist, movie_reviews_split, num_batches, split_generators,
                     stratified_split, text_label_file, tokenize, ucr_dataset)
 from ..train.config import RunConfig
-from .models import SequenceClassifier
+from ..train.interface import TaskBase
+from .common import EVAL_BATCH
+from .models.classifier import SequenceClassifier
 
-EVAL_BATCH = 256  # evaluation needs no gradient, so larger batches only save time
 
-
-class ManyToOneTask:
+class ManyToOneTask(TaskBase):
     def __init__(self, config: RunConfig, splits: dict[str, SequenceDataset], num_inputs: int, tokens: bool,
                  classes: list[str] | None, extra_state: dict | None = None):
         self.config, self.splits, self.num_inputs, self.tokens = config, splits, num_inputs, tokens

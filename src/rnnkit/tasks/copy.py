@@ -13,12 +13,14 @@ import torch.nn.functional as F
 
 from ..data import DataError, SequenceDataset, batches, copy_memory, copy_memory_baseline, num_batches, split_generators
 from ..train.config import RunConfig
-from .models import LanguageModel
+from ..train.interface import TaskBase
+from .common import EVAL_BATCH
+from .models.language import LanguageModel
 
 SYMBOLS, RECALL = 8, 10  # the paper's alphabet size and number of symbols to recall
 
 
-class CopyTask:
+class CopyTask(TaskBase):
     metric, higher_is_better, has_valid = "loss", False, True
 
     def __init__(self, config: RunConfig):
@@ -54,7 +56,7 @@ class CopyTask:
         device = next(model.parameters()).device
         total, correct, count = 0.0, 0, 0
         data = self.splits[split]
-        for x, _, y in batches(data, min(256, len(data)), shuffle=False, what=f"{split} split"):
+        for x, _, y in batches(data, min(EVAL_BATCH, len(data)), shuffle=False, what=f"{split} split"):
             logits, _ = model(x.to(device))
             y = y.to(device)
             total += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))

@@ -2,7 +2,7 @@
 
 Training pairs are every (word, pronunciation) of the training words; a word with two
 pronunciations gives two pairs. Evaluation decodes each word once and scores it against all of
-its pronunciations (rnnkit.tasks.seqmetrics): WER, the fraction of words matching none, and
+its pronunciations (rnnkit.tasks.metrics): WER, the fraction of words matching none, and
 PER, phoneme edits to the nearest one over its length. Early stopping watches valid WER.
 The split is by word (rnnkit.data.cmudict: md5 of the word, 90/5/5).
 """
@@ -12,15 +12,15 @@ from __future__ import annotations
 from ..data import Vocab
 from ..data.cmudict import cmudict_split
 from ..train.config import RunConfig
-from .seq2seq_task import SPECIALS, Pairs, Seq2SeqTask, encode_sources, encode_targets
-from .seqmetrics import error_rates
+from .common import SPECIALS
+from .seq2seq import Pairs, Seq2SeqTask, encode_sources, encode_targets
+from .metrics import error_rates
 
 Dictionary = dict[str, list[tuple[str, ...]]]   # word -> its pronunciations
 
 
 class G2PTask(Seq2SeqTask):
     metric, higher_is_better = "wer", False
-    predict_help = "pronounce English words with a trained g2p run (ARPAbet phonemes, no stress)"
 
     @staticmethod
     def source_tokens(text: str) -> list[str]:

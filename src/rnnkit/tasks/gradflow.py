@@ -20,7 +20,7 @@ from .. import engines
 from ..engines.reference import record_step_grads
 from ..train.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
 from ..train.plots import pyplot, save_figure
-from ..train.runlog import atomic_write_text
+from ..train.files import atomic_write_text
 from ..train.trainer import Trainer
 from .classify import adding
 

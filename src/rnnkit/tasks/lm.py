@@ -17,8 +17,9 @@ from ..data import (DataError, Vocab, batchify, detokenize, file_text, fortunes_
                     tokenize)
 from ..train import tbptt
 from ..train.config import RunConfig
-from . import decode
-from .models import LanguageModel
+from ..train.interface import TaskBase
+from . import decoding as decode
+from .models.language import LanguageModel
 
 DEFAULT_BPTT = 64
 EVAL_COLUMNS = 16  # parallel columns when evaluating a held-out stream
@@ -41,7 +42,19 @@ def truncation(config: RunConfig) -> tuple[int, int]:
     return k1, k2
 
 
-class LanguageModelTask:
+def perplexity(loss: float) -> float:
+    """exp(loss), and inf where that is too large for a float (never a capped, made-up number).
+
+    >>> perplexity(0.0), perplexity(1000.0)
+    (1.0, inf)
+    """
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+class LanguageModelTask(TaskBase):
     metric, higher_is_better, has_valid = "loss", False, True
 
     def __init__(self, config: RunConfig, text: str | None = None, vocab: Vocab | None = None):
@@ -88,7 +101,7 @@ class LanguageModelTask:
             total += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
             count += y.numel()
         loss = total / count
-        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        metrics = {"loss": loss, "perplexity": perplexity(loss)}
         if self.level == "char":
             metrics["bpc"] = loss / math.log(2)
         return metrics

@@ -1,208 +1,245 @@
-"""An encoder-decoder with attention over rnnkit's recurrent layers (the sequence-to-sequence shape).
+"""What the sequence-to-sequence tasks (g2p, translate) share: batching, loss, decoding, evaluation.
 
-Encoder: embedding -> rnnkit RNN/LSTM/GRU (optionally bidirectional), fed packed through
-lengths=, so padding never enters a state. Its outputs are the memory M (B, S, D*H).
+A subclass gives the data as token lists and says how to read a source, write a target and
+score decoded outputs; this class follows the trainer's task interface (rnnkit.train.trainer).
 
-Decoder: a stack of rnnkit cells of the same family, one step at a time, with input feeding
-(Luong, Pham & Manning 2015, section 3.3). At step t, with y_{t-1} the previous token:
+Batches are (src (B, S), src_lengths (B,), tgt (B, T), gold_prob (B,)): tgt is the target
+followed by <eos> and padded with <pad> (id 0); the decoder reads <bos> then tgt[:, :-1]. gold_prob
+is the teacher-forcing probability at that batch's optimizer step (see `teacher_forcing`),
+carried in the batch so that a resumed run and every DDP process see the same schedule.
 
-    s_t        = cells([embed(y_{t-1}); h~_{t-1}], s_{t-1})         top-layer output h_t
-    c_t, a_t   = attention(query h_t, keys M, mask)                 a_t: weights over the source
-    h~_t       = tanh(W_c [h_t; c_t])                               the attentional vector
-    p(y_t)     = softmax(W_o h~_t)
-
-Feeding h~_{t-1} back in tells the decoder what it attended to before (coverage, roughly).
-With --attention none there is no c_t: h~_t = h_t and nothing is fed back, the plain
-encoder-decoder of Sutskever et al. 2014 / Cho et al. 2014. Either way the decoder starts from
-the encoder's final states through a bridge, s_0 = tanh(W_b [h_fwd; h_bwd]) per layer (and the
-same, with its own W, for an LSTM's cell state).
-
-Teacher forcing: in training the decoder is fed the gold previous token with probability p per
-sequence and step, else a token drawn from its own prediction (scheduled sampling, Bengio et
-al. 2015). p = 1 is plain teacher forcing, and then the output layer runs once over all steps.
-
-Decoding uses rnnkit.tasks.decode: `start(src, lengths)` returns the state, which holds the
-memory, every tensor with the batch on dim 0, so beam search reorders it with `reorder`.
-
->>> from rnnkit.train.config import ModelConfig
->>> torch.manual_seed(0) and None
->>> model = Seq2Seq(ModelConfig(cell="gru", hidden=8, embed=4, attention="additive", bidirectional=True), 10, 12)
->>> src, lengths = torch.tensor([[4, 5, 6], [7, 8, 0]]), torch.tensor([3, 2])
->>> logits, weights = model(src, lengths, torch.tensor([[2, 5], [2, 6]]))
->>> logits.shape, weights.shape                     # (B, T, V), (B, T, S)
-(torch.Size([2, 2, 12]), torch.Size([2, 2, 3]))
->>> weights[1, :, 2].tolist()                       # the padding gets no attention
-[0.0, 0.0]
->>> model.decode(src, lengths, bos=2, eos=3, max_len=4).shape[0]
-2
+Evaluation decodes each distinct source once: greedily on "valid" (it runs after every epoch,
+for early stopping) and with --beam on "test" and in `predict`, where beam search ranks by
+mean log-prob per token (length_penalty 1).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import os
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
-from .. import nn as rnn_layers
-from ..train.config import ModelConfig
-from . import decode
-from .attention import make_attention
-from .models import recurrent
-
-PAD_ID = 0  # the padding token of every seq2seq vocabulary
-
-# cell name -> (single-step cell class, extra keyword arguments)
-CELLS = {
-    "lstm": (rnn_layers.LSTMCell, {}),
-    "gru": (rnn_layers.GRUCell, {}),
-    "rnn": (rnn_layers.RNNCell, {"nonlinearity": "tanh"}),
-    "rnn-relu": (rnn_layers.RNNCell, {"nonlinearity": "relu"}),
-}
+from ..data import UNK, DataError, Vocab, epoch_order
+from ..train.config import RunConfig
+from ..train.interface import TaskBase
+from .common import BOS, EOS, EVAL_BATCH, PAD_ID, SPECIALS, special_id
+from .models.seq2seq import Seq2Seq
+POOL = 50                            # batches whose examples are sorted by length together (less padding)
+PLOT_EXAMPLES = 3                    # attention heat maps saved after training
 
 
-class DecoderState(NamedTuple):
-    """Everything a decoding step needs, batch on dim 0 of every tensor (for beam search's reorder)."""
-    layers: tuple            # per layer: h (B, H), or (h, c) for an LSTM
-    feed: Tensor | None      # h~_{t-1} (B, H), None without attention
-    memory: Tensor           # encoder outputs (B, S, Hk)
-    prepared: Tensor         # the attention's key projection of the memory (B, S, A)
-    mask: Tensor             # (B, S) bool, True on real source positions
+def teacher_forcing(spec: str) -> tuple[float, float]:
+    """--teacher-forcing "P" or "START:END" -> (start, end) probabilities of feeding the gold token.
+
+    >>> teacher_forcing("1"), teacher_forcing("1:0.5")
+    ((1.0, 1.0), (1.0, 0.5))
+    """
+    try:
+        values = [float(v) for v in str(spec).split(":")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 <= v <= 1 for v in values):
+        raise ValueError(f"--teacher-forcing must be a probability P or START:END in [0, 1], got {spec!r}")
+    return values[0], values[-1]
 
 
-def reorder(state, index: Tensor):
-    """decode.reorder_state with the batch on dim 0 (DecoderState's convention)."""
-    return decode.reorder_state(state, index, dim=0)
+def gold_probability(start: float, end: float, step: int, total: int) -> float:
+    """Linear decay from start (step 0) to end (the last step, total - 1).
+
+    >>> gold_probability(1.0, 0.5, 0, 11), gold_probability(1.0, 0.5, 5, 11), gold_probability(1.0, 0.5, 10, 11)
+    (1.0, 0.75, 0.5)
+    """
+    return start + (end - start) * min(1.0, step / max(1, total - 1))
 
 
-def source_mask(lengths: Tensor, steps: int) -> Tensor:
-    """(B, S) bool: True where s < length."""
-    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+def encode_sources(vocab: Vocab, sources: list[list[str]]) -> list[list[int]]:
+    """Token ids; an empty source reads as one <unk> (a recurrent layer needs a step)."""
+    return [vocab.encode(s) or [vocab.stoi[UNK]] for s in sources]
 
 
-class Encoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
-        super().__init__()
-        self.directions = 2 if cfg.bidirectional else 1
-        self.embed = nn.Embedding(vocab_size, cfg.embed, padding_idx=PAD_ID)
-        self.rnn = recurrent(cfg, cfg.embed, cfg.bidirectional)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, src: Tensor, lengths: Tensor):
-        """src (B, S) -> memory (B, S, D*H) (zero past each length), final states per layer.
-
-        The final states come as (layers, B, D*H): both directions of a layer side by side;
-        for an LSTM a pair (h, c) of those.
-        """
-        memory, final = self.rnn(self.drop(self.embed(src)), lengths=lengths.cpu())
-        return self.drop(memory), tuple(self.by_layer(s) for s in final) if isinstance(final, tuple) \
-            else self.by_layer(final)
-
-    def by_layer(self, h_n: Tensor) -> Tensor:
-        """(layers * D, B, H) -> (layers, B, D * H)."""
-        L, B, H = h_n.shape[0] // self.directions, h_n.shape[1], h_n.shape[2]
-        return h_n.view(L, self.directions, B, H).permute(0, 2, 1, 3).reshape(L, B, self.directions * H)
+def encode_targets(vocab: Vocab, targets: list[list[str]]) -> list[list[int]]:
+    """Token ids followed by <eos>."""
+    return [vocab.encode(t) + [special_id(vocab, EOS)] for t in targets]
 
 
-class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, key_size: int):
-        super().__init__()
-        cls, kw = CELLS[cfg.cell]
-        self.lstm, H = cfg.cell == "lstm", cfg.hidden
-        self.attention = make_attention(cfg.attention, H, key_size)
-        feed = H if self.attention is not None else 0
-        self.embed = nn.Embedding(vocab_size, cfg.embed, padding_idx=PAD_ID)
-        self.cells = nn.ModuleList(cls(cfg.embed + feed if i == 0 else H, H, engine=cfg.engine, **kw)
-                                   for i in range(cfg.layers))
-        self.bridge_h = nn.Linear(key_size, H)
-        self.bridge_c = nn.Linear(key_size, H) if self.lstm else None
-        self.combine = nn.Linear(H + key_size, H) if self.attention is not None else None
-        self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(H, vocab_size)
+class Pairs:
+    """Token-id sequences of one split: sources and targets (each target ends in <eos>)."""
 
-    def start(self, memory: Tensor, mask: Tensor, final) -> DecoderState:
-        """The state before the first step, from the encoder's memory and final states."""
-        if self.lstm:
-            h, c = torch.tanh(self.bridge_h(final[0])), torch.tanh(self.bridge_c(final[1]))   # (L, B, H)
-            layers = tuple((h[i], c[i]) for i in range(len(self.cells)))
-        else:
-            h = torch.tanh(self.bridge_h(final))                                                # (L, B, H)
-            layers = tuple(h[i] for i in range(len(self.cells)))
-        feed = memory.new_zeros(memory.shape[0], self.cells[0].hidden_size) if self.attention is not None else None
-        prepared = self.attention.prepare(memory) if self.attention is not None else memory
-        return DecoderState(layers, feed, memory, prepared, mask)
+    def __init__(self, sources: list[list[int]], targets: list[list[int]]):
+        if not sources:
+            raise DataError("a split of the sequence-to-sequence data is empty; use more data")
+        self.sources = [torch.tensor(s, dtype=torch.long) for s in sources]
+        self.targets = [torch.tensor(t, dtype=torch.long) for t in targets]
+        self.lengths = torch.tensor([len(s) for s in sources])
 
-    def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One step: tokens (B,) -> (h~_t (B, H), new state, attention weights (B, S) or None)."""
-        x = self.drop(self.embed(tokens))                                    # (B, E)
-        if state.feed is not None:
-            x = torch.cat([x, state.feed], -1)                               # (B, E + H)
-        layers = []
-        for i, (cell, s) in enumerate(zip(self.cells, state.layers)):
-            s = cell(x if i == 0 else self.drop(x), s)
-            layers.append(s)
-            x = s[0] if self.lstm else s                                     # (B, H)
-        weights = None
-        if self.attention is not None:
-            context, weights = self.attention(x, state.memory, state.mask, prepared=state.prepared)   # (B, Hk)
-            x = torch.tanh(self.combine(torch.cat([x, context], -1)))        # h~_t (B, H)
-        return x, state._replace(layers=tuple(layers), feed=x if state.feed is not None else None), weights
+    def __len__(self) -> int:
+        return len(self.sources)
 
-    def logits(self, attentional: Tensor) -> Tensor:
-        return self.out(self.drop(attentional))                               # (..., V)
+    def collate(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(src (B, S), lengths (B,), tgt (B, T)), padded with 0."""
+        idx = index.tolist()
+        return (pad_sequence([self.sources[i] for i in idx], batch_first=True), self.lengths[index],
+                pad_sequence([self.targets[i] for i in idx], batch_first=True))
 
 
-class Seq2Seq(nn.Module):
-    """Encoder + decoder. forward() is teacher-forced (or scheduled); decode() greedy or beam."""
+def length_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """One epoch's batches of indices: shuffled, sorted by length within pools of POOL batches
+    (so a batch holds similar lengths), then the batches shuffled. A function of (seed, epoch)."""
+    order = epoch_order(len(lengths), True, seed, epoch)
+    pool, out = batch_size * POOL, []
+    for i in range(0, len(order), pool):
+        chunk = order[i:i + pool]
+        out += list(chunk[lengths[chunk].argsort(stable=True)].split(batch_size))
+    shuffle = epoch_order(len(out), True, seed + 1, epoch)
+    return [out[i] for i in shuffle.tolist()]
 
-    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
-        super().__init__()
-        self.encoder = Encoder(cfg, src_vocab)
-        self.decoder = Decoder(cfg, tgt_vocab, cfg.hidden * self.encoder.directions)
 
-    def start(self, src: Tensor, lengths: Tensor) -> DecoderState:
-        memory, final = self.encoder(src, lengths)                           # (B, S, Hk)
-        return self.decoder.start(memory, source_mask(lengths.to(src.device), src.shape[1]), final)
+class Seq2SeqTask(TaskBase):
+    """Subclasses set `metric` and `higher_is_better` and define
+    source_tokens(text) -> list[str], target_text(tokens) -> str, and
+    score(split, hypotheses: list[list[str]]) -> {metric: value} (over `eval_sources[split]`)."""
 
-    def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
-        """rnnkit.tasks.decode's interface: tokens (B,) -> (logits (B, V), state)."""
-        attentional, state, _ = self.decoder.step(tokens, state)
-        return self.decoder.logits(attentional), state
+    metric, higher_is_better = "loss", False
 
-    def forward(self, src: Tensor, lengths: Tensor, inputs: Tensor, gold_prob: Tensor | None = None):
-        """Scores for every target step: (logits (B, T, V), attention weights (B, T, S) or None).
+    def __init__(self, config: RunConfig, src_vocab: Vocab, tgt_vocab: Vocab, splits: dict[str, Pairs] | None = None,
+                 eval_sources: dict[str, list[list[str]]] | None = None):
+        self.config, self.src_vocab, self.tgt_vocab = config, src_vocab, tgt_vocab
+        self.splits, self.eval_sources = splits or {}, eval_sources or {}
+        self.gold_start, self.gold_end = teacher_forcing(config.task.teacher_forcing)
+        if config.task.beam < 1:
+            raise ValueError(f"--beam must be at least 1, got {config.task.beam}")
+        self.has_valid = "valid" in self.splits
+        if splits and config.train.batch_size > len(splits["train"]):
+            n = len(splits["train"])
+            raise DataError(f"batch size {config.train.batch_size} is larger than the {n} training pairs; "
+                            f"pass --batch-size {n} or less")
+        self._epoch_batches: tuple[int, list] | None = None
 
-        inputs (B, T) are the decoder's gold inputs (BOS, y_1, ..., y_{T-1}). Where gold_prob (B,)
-        is below 1, each step after the first instead feeds, with probability 1 - gold_prob, a
-        token sampled from the model's own previous prediction (not backpropagated through).
-        """
-        state = self.start(src, lengths)
-        scheduled = gold_prob is not None and bool((gold_prob < 1).any())
-        outputs, weights, logits = [], [], []
-        tokens = inputs[:, 0]
-        for t in range(inputs.shape[1]):
-            if scheduled and t > 0:
-                own = torch.multinomial(logits[-1].detach().float().softmax(-1), 1).squeeze(1)     # (B,)
-                gold = torch.rand(gold_prob.shape, device=gold_prob.device) < gold_prob
-                tokens = torch.where(gold, inputs[:, t], own)
-            elif t > 0:
-                tokens = inputs[:, t]
-            attentional, state, w = self.decoder.step(tokens, state)
-            outputs.append(attentional)
-            weights.append(w)
-            if scheduled:                               # the next step samples from these
-                logits.append(self.decoder.logits(attentional))
-        out = torch.stack(logits, 1) if scheduled else self.decoder.logits(torch.stack(outputs, 1))   # (B, T, V)
-        return out, torch.stack(weights, 1) if weights[0] is not None else None
+    @classmethod
+    def for_inference(cls, config: RunConfig, task_state: dict):
+        return cls(config, Vocab.from_dict(task_state["src_vocab"]), Vocab.from_dict(task_state["tgt_vocab"]))
+
+    def state_dict(self) -> dict:
+        return {"src_vocab": self.src_vocab.to_dict(), "tgt_vocab": self.tgt_vocab.to_dict()}
+
+    def build_model(self) -> Seq2Seq:
+        return Seq2Seq(self.config.model, len(self.src_vocab), len(self.tgt_vocab))
+
+    # ------------------------------------------------------------ training
+
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            train = self.splits["train"]
+            self._epoch_batches = (epoch, length_batches(train.lengths, self.config.train.batch_size,
+                                                         self.config.train.seed, epoch))
+        return self._epoch_batches[1]
+
+    def num_batches(self) -> int:
+        return len(self.epoch_batches(0))    # the same count every epoch: pools have fixed sizes
+
+    def total_steps(self) -> int:
+        return self.config.train.max_steps or self.config.train.epochs * self.num_batches()
+
+    def batches(self, epoch: int, start: int):
+        batches, n = self.epoch_batches(epoch), self.num_batches()
+        for b in range(start, len(batches)):
+            src, lengths, tgt = self.splits["train"].collate(batches[b])
+            p = gold_probability(self.gold_start, self.gold_end, epoch * n + b, self.total_steps())
+            yield src, lengths, tgt, torch.full((len(src),), p)
+
+    def loss(self, model, batch, carry):
+        src, lengths, tgt, gold = batch
+        logits, _ = model(src, lengths, self.decoder_inputs(tgt), gold)       # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=PAD_ID, reduction="sum")
+        return loss, int((tgt != PAD_ID).sum()), None
+
+    def decoder_inputs(self, tgt: torch.Tensor) -> torch.Tensor:
+        """<bos> followed by the target shifted right: (B, T)."""
+        bos = torch.full_like(tgt[:, :1], special_id(self.tgt_vocab, BOS))
+        return torch.cat([bos, tgt[:, :-1]], 1)
+
+    # ------------------------------------------------------------ evaluation and inference
 
     @torch.no_grad()
-    def decode(self, src: Tensor, lengths: Tensor, bos: int, eos: int, max_len: int, beam: int = 1,
-               length_penalty: float = 1.0) -> Tensor:
-        """Output tokens (B, L), eos-padded: greedy for beam 1, else batched beam search ranked by
-        total log-prob / length ** length_penalty (1: the mean log-prob per token)."""
-        state = self.start(src, lengths)
-        start = torch.full((src.shape[0],), bos, dtype=torch.long, device=src.device)
-        if beam == 1:
-            return decode.greedy(self.step, state, start, max_len, eos=eos)
-        return decode.beam_search(self.step, state, start, beam, max_len, eos=eos,
-                                  length_penalty=length_penalty, reorder=reorder)[0]
+    def evaluate(self, model, split: str) -> dict[str, float]:
+        model.eval()
+        hypotheses = self.decode_texts(model, self.eval_sources[split], beam=1 if split == "valid" else None)
+        return {**self.score(split, hypotheses), "loss": self.mean_loss(model, self.splits[split])}
+
+    def mean_loss(self, model, pairs: Pairs) -> float:
+        """Teacher-forced cross-entropy per target token."""
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for index in torch.arange(len(pairs)).split(EVAL_BATCH):
+            src, lengths, tgt = (t.to(device) for t in pairs.collate(index))
+            loss, n, _ = self.loss(model, (src, lengths, tgt, None), None)
+            total, count = total + float(loss), count + n
+        return total / max(count, 1)
+
+    def encode_sources(self, sources: list[list[str]]) -> list[list[int]]:
+        return encode_sources(self.src_vocab, sources)
+
+    @torch.no_grad()
+    def decode_ids(self, model, sources: list[list[int]], beam: int | None = None) -> list[list[int]]:
+        """Decoded target ids (without <eos>) for each source, in the given order."""
+        beam = beam or self.config.task.beam
+        device = next(model.parameters()).device
+        eos, out = special_id(self.tgt_vocab, EOS), [None] * len(sources)
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))   # similar lengths per batch
+        for chunk in torch.tensor(order).split(EVAL_BATCH):
+            src = pad_sequence([torch.tensor(sources[i]) for i in chunk.tolist()], batch_first=True).to(device)
+            lengths = torch.tensor([len(sources[i]) for i in chunk.tolist()])
+            max_len = self.config.task.max_len or 2 * src.shape[1] + 10
+            tokens = model.decode(src, lengths, special_id(self.tgt_vocab, BOS), eos, max_len, beam=beam)
+            for i, row in zip(chunk.tolist(), tokens.tolist()):
+                out[i] = row[:row.index(eos)] if eos in row else row
+        return out
+
+    def decode_texts(self, model, sources: list[list[str]], beam: int | None = None) -> list[list[str]]:
+        return [self.tgt_vocab.decode(ids) for ids in self.decode_ids(model, self.encode_sources(sources), beam)]
+
+    def predict(self, model, inputs: list[str]) -> list[str]:
+        model.eval()
+        hyps = self.decode_texts(model, [self.source_tokens(text) for text in inputs])
+        return [self.target_text(tokens) for tokens in hyps]
+
+    # ------------------------------------------------------------ attention heat maps
+
+    @torch.no_grad()
+    def attention_maps(self, model, sources: list[list[str]]):
+        """(source tokens, decoded tokens, weights (T, S)) per source, from greedy decoding."""
+        model.eval()
+        device = next(model.parameters()).device
+        out = []
+        for tokens, ids in zip(sources, self.decode_ids(model, self.encode_sources(sources), beam=1)):
+            src = torch.tensor([self.encode_sources([tokens])[0]], device=device)
+            tgt = torch.tensor([ids + [special_id(self.tgt_vocab, EOS)]], device=device)
+            _, weights = model(src, torch.tensor([src.shape[1]]), self.decoder_inputs(tgt))   # (1, T, S)
+            if weights is None:
+                return []
+            out.append((tokens, self.tgt_vocab.decode(ids) + [EOS], weights[0].cpu()))
+        return out
+
+    def save_plots(self, model, folder: str) -> list[str]:
+        """plots/attention.png for the first few short test sources; [] without attention or matplotlib."""
+        from ..train.plots import pyplot, save_figure
+
+        plt = pyplot()
+        sources = [s for s in self.eval_sources.get("test", []) if 0 < len(s) <= 20][:PLOT_EXAMPLES]
+        maps = self.attention_maps(model, sources) if plt is not None and sources else []
+        if not maps:
+            return []
+        fig, axes = plt.subplots(1, len(maps), figsize=(4.5 * len(maps), 4), squeeze=False)
+        for ax, (src, hyp, weights) in zip(axes[0], maps):
+            ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ax.set_xticks(range(len(src)), src, rotation=90, fontsize=8)
+            ax.set_yticks(range(len(hyp)), hyp, fontsize=8)
+            ax.set_xlabel("source")
+            ax.set_ylabel("output")
+        fig.tight_layout()                            # the output tokens of one map clear the next
+        path = os.path.join(folder, "plots", "attention.png")
+        save_figure(fig, path)
+        plt.close(fig)
+        return [path]

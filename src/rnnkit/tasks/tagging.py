@@ -2,20 +2,14 @@
 
 A Tagger reads word embeddings (and, with --char-embed, a small character summary of each word)
 with a bidirectional rnnkit layer stack and scores every tag at every word. The output layer is
-a per-word softmax, or with --crf a linear-chain CRF (rnnkit.tasks.crf) trained on the whole
+a per-word softmax, or with --crf a linear-chain CRF (rnnkit.tasks.models.crf) trained on the whole
 path's likelihood and decoded by Viterbi. The metric is token accuracy on the held-out 10% of
 sentences; accuracy on words never seen in training (OOV) is reported beside it.
 
     rnnkit train tag --crf --char-embed 32 --threads 1
     rnnkit tag "迈向 充满 希望 的 新 世纪" --run RUN
 
-Example, the model on its own:
-
->>> from rnnkit.train.config import ModelConfig
->>> model = Tagger(ModelConfig(hidden=8, embed=6, char_embed=4, bidirectional=True), 20, 10, 5)
->>> words, chars = torch.randint(1, 20, (2, 3)), torch.randint(1, 10, (2, 3, 2))
->>> model(words, chars, torch.tensor([3, 2])).shape
-torch.Size([2, 3, 5])
+The model is rnnkit.tasks.models.tagger.Tagger.
 """
 
 from __future__ import annotations
@@ -24,86 +18,19 @@ from collections import Counter
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from ..data import UNK, DataError, Vocab, num_batches, peoples_daily_splits
 from ..data.pos import POS_SPLIT_SEED, held_out
 from ..train.config import RunConfig
-from .crf import LinearChainCRF
-from .models import recurrent
+from ..train.interface import TaskBase
+from .common import EVAL_BATCH, PAD, length_mask
+from .models.tagger import Tagger
 
-PAD = "<pad>"  # id 0 of the word and character vocabularies
 MIN_COUNT = 2  # words (characters) seen once in training read as <unk>, so <unk>'s embedding is trained
 MAX_WORD_CHARS = 8  # a longer word keeps its first 7 characters and its last
-EVAL_BATCH = 256
 POOL_BATCHES = 50  # training batches drawn from one pool of similar-length sentences
-
-
-# ---------------------------------------------------------------- the model
-
-
-class CharFeatures(nn.Module):
-    """A word from its characters: the embeddings of its first and last character and the mean of all.
-
-    In Chinese the last character often marks the part of speech (们 plural, 性/化 nouns from
-    adjectives and verbs, 年/日 times), so this is what an unseen word is tagged by.
-    """
-
-    def __init__(self, num_chars: int, width: int):
-        super().__init__()
-        self.embed = nn.Embedding(num_chars, width, padding_idx=0)
-        self.width = 3 * width
-
-    def forward(self, chars: Tensor) -> Tensor:
-        e = self.embed(chars)  # (B, T, C, E), zero at padding
-        n = (chars > 0).sum(2).clamp_min(1)  # (B, T) characters per word; padded words count 1
-        mean = e.sum(2) / n.unsqueeze(2).to(e.dtype)  # (B, T, E)
-        last = e.gather(2, (n - 1)[:, :, None, None].expand(-1, -1, 1, e.shape[3])).squeeze(2)  # (B, T, E)
-        return torch.cat([e[:, :, 0], last, mean], dim=2)  # (B, T, 3E)
-
-
-class Tagger(nn.Module):
-    """Word embedding [+ character features] -> rnnkit layers -> dropout -> a score per tag at every word.
-
-    forward(words (B, T), chars (B, T, C), lengths (B,)) -> emissions (B, T, K); decode turns them
-    into tags by argmax, or by Viterbi when the model has a CRF output layer.
-    """
-
-    def __init__(self, cfg, num_words: int, num_chars: int, num_tags: int):
-        super().__init__()
-        self.embed = nn.Embedding(num_words, cfg.embed, padding_idx=0)
-        self.chars = CharFeatures(num_chars, cfg.char_embed) if cfg.char_embed > 0 else None
-        width = cfg.embed + (self.chars.width if self.chars is not None else 0)
-        self.rnn = recurrent(cfg, width, cfg.bidirectional)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.hidden * (2 if cfg.bidirectional else 1), num_tags)
-        self.crf = LinearChainCRF(num_tags) if cfg.crf else None
-
-    def forward(self, words: Tensor, chars: Tensor, lengths: Tensor) -> Tensor:
-        x = self.embed(words)  # (B, T, E)
-        if self.chars is not None:
-            x = torch.cat([x, self.chars(chars)], dim=2)  # (B, T, E + 3C)
-        out, _ = self.rnn(self.drop(x), lengths=lengths.cpu())  # (B, T, D*H), zero beyond each length
-        return self.head(self.drop(out))  # (B, T, K)
-
-    def loss_sum(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
-        """Summed negative log-likelihood: of each word's tag (softmax) or of each whole path (CRF)."""
-        if self.crf is not None:
-            return self.crf.nll(emissions.float(), tags, mask).sum()
-        return F.cross_entropy(emissions[mask].float(), tags[mask], reduction="sum")
-
-    def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
-        """Tag ids (B, T); beyond each length they mean nothing."""
-        if self.crf is not None:
-            return self.crf.decode(emissions.float(), mask)
-        return emissions.argmax(2)
-
-
-def length_mask(lengths: Tensor, steps: int) -> Tensor:
-    """True on each sequence's first lengths[b] steps. (B, T)"""
-    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def token_accuracy(predicted: Tensor, gold: Tensor, mask: Tensor) -> tuple[int, int]:
@@ -183,11 +110,10 @@ def pooled_order(lengths: Tensor, batch_size: int, seed: int, epoch: int) -> lis
 # ---------------------------------------------------------------- the task
 
 
-class TaggingTask:
+class TaggingTask(TaskBase):
     """The trainer's task interface (rnnkit.train.trainer) for aligned tagging, and `rnnkit tag`."""
 
     metric, higher_is_better = "accuracy", True
-    predict_help = 'tag a sentence of space-separated words: rnnkit tag "迈向 充满 希望 的 新 世纪"'
 
     def __init__(self, config: RunConfig, vocabs: dict[str, Vocab], splits: dict[str, TaggedCorpus] | None = None):
         self.config, self.vocabs, self.splits = config, vocabs, splits or {}

@@ -19,8 +19,9 @@ from collections import Counter
 from ..data import Vocab, detokenize, tokenize
 from ..data.bible import verse_splits
 from ..train.config import RunConfig
-from .seq2seq_task import SPECIALS, Pairs, Seq2SeqTask, encode_sources, encode_targets
-from .seqmetrics import bleu, sacrebleu_module
+from .common import SPECIALS
+from .seq2seq import Pairs, Seq2SeqTask, encode_sources, encode_targets
+from .metrics import bleu, sacrebleu_module
 
 MIN_WORD_COUNT = 2   # words seen once in training read as <unk>, so <unk> is trained too
 
@@ -29,7 +30,6 @@ Verses = list[tuple[list[str], list[str]]]   # (English tokens, Spanish tokens)
 
 class TranslateTask(Seq2SeqTask):
     metric, higher_is_better = "bleu", True
-    predict_help = "translate English text to Spanish with a trained translate run"
 
     @staticmethod
     def source_tokens(text: str) -> list[str]:

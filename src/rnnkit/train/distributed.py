@@ -24,6 +24,11 @@ def init(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), known before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def shard(batch, rank: int, world: int, dim: int = 0):
     """This process's share of a global batch: contiguous slice `rank` of `world` along dim
     (dim 0 for batches, dim 1 for torch-style hidden states). Non-tensors pass through."""
@@ -55,5 +60,8 @@ def global_sum(x: float, world: int) -> float:
 
 
 def finish(world: int) -> None:
+    """Leave the group together: rank 0 tests alone at the end, and a gloo group torn down while a
+    peer is still busy (or already gone) hangs in its destructor."""
     if world > 1 and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import defaultdict
+
+from .files import atomic_write
 
 
 def pyplot():
@@ -22,10 +23,7 @@ def pyplot():
 def save_figure(fig, path: str) -> None:
     """Write a figure through a temporary file, so a killed run never leaves half a PNG."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
 def learning_curves(rows: list[dict], folder: str) -> list[str]:

@@ -96,6 +96,10 @@ def _call(who: str, step: Step, tokens: Tensor, state) -> tuple[Tensor, Any]:
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != tokens.shape[0]:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"{who}: step must return logits of shape (B, V) = ({tokens.shape[0]}, V), got {got}")
+    # -inf is a probability of 0 and fine; NaN or +inf would make every choice below meaningless
+    if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
+        raise ValueError(f"{who}: the model's scores are NaN or infinite (the model has diverged, or its "
+                         "numbers overflow); train it again with a lower --lr")
     return logits, state
 
 

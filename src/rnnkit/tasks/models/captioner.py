@@ -11,7 +11,7 @@ in one call of the recurrent layer. With --attention additive or multiplicative,
 reads a context vector, the regions weighted by attention on the previous top-layer hidden state
 (Xu et al. 2015, "Show, attend and tell"), so the decoder runs step by step.
 
-Decoding (rnnkit.tasks.decode) uses `step(tokens, state)` with the state
+Decoding (rnnkit.tasks.decoding) uses `step(tokens, state)` with the state
 (recurrent state, memory), memory = (regions, prepared keys) or None; `reorder` makes both follow
 the beams (the recurrent state has its batch on dim 1, the memory on dim 0).
 
@@ -30,10 +30,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..train.config import ModelConfig
+from ...train.config import ModelConfig
+from ..decoding import reorder_state
 from .attention import make_attention
-from .decode import reorder_state
-from .models import recurrent
+from .recurrent import recurrent
 
 CHANNELS = (32, 64, 128)  # three stride-2 stages: 64x64 -> 8x8 regions of 128 features
 
@@ -103,7 +103,7 @@ class Captioner(nn.Module):
         return torch.stack(logits, 1)  # (B, T, V)
 
     def step(self, tokens: Tensor, state):
-        """One word per sequence (B,) -> (scores (B, V), state): rnnkit.tasks.decode's step interface."""
+        """One word per sequence (B,) -> (scores (B, V), state): rnnkit.tasks.decoding's step interface."""
         rnn_state, memory = state
         x = self.drop(self.embed(tokens))  # (B, E)
         if memory is not None:
