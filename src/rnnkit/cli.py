@@ -26,14 +26,19 @@ import sys
 # while torch is still loading ends like any other interrupt (exit 130, one line).
 
 
-def user_errors() -> tuple[type, ...]:
-    """The exceptions that are the user's to fix: one line on stderr, exit status 2."""
-    from .data import DataError
-    from .train.checkpoint import CheckpointError
-    from .train.files import RunFolderError
-    from .train.trainer import TrainingError
+# The exceptions that are the user's to fix: one line on stderr, exit status 2. Named by module, not
+# imported: an exception of a class whose module was never loaded cannot have been raised, and importing
+# them would load torch before an option error could answer.
+USER_ERRORS = (("rnnkit.data.errors", "DataError"), ("rnnkit.train.checkpoint", "CheckpointError"),
+               ("rnnkit.train.files", "RunFolderError"), ("rnnkit.train.trainer", "TrainingError"),
+               ("rnnkit.train.export", "ExportError"))
 
-    return DataError, CheckpointError, RunFolderError, TrainingError, ValueError, OSError
+
+def is_user_error(e: BaseException) -> bool:
+    if isinstance(e, (ValueError, OSError)):
+        return True
+    return any(isinstance(e, getattr(sys.modules[module], name)) for module, name in USER_ERRORS
+               if module in sys.modules)
 
 
 # ---------------------------------------------------------------- options from dataclasses
@@ -85,13 +90,10 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args) -> None:
-    from .tasks import TASKS, make_task
-    from .train.config import check
-    from .train.distributed import launched_rank
-    from .train.runlog import RunFolder, RunFolderError, default_name, run_files
-    from .train.trainer import Trainer
+    from .tasks import TASKS
+    from .train.config import check_fields, check_machine
 
-    rank, run = launched_rank(), None
+    # the options first, before torch loads: a mistyped option answers at once
     if args.resume:
         extra = {k for section in given_options(args).values() for k in section} - {"epochs", "max_steps"}
         if extra or args.task:
@@ -100,14 +102,23 @@ def cmd_train(args) -> None:
         folder = args.resume
         config = load_config(folder)
         config.train = dataclasses.replace(config.train, **given_options(args)["train"])
-        check(config)
-        if rank == 0:
-            run = RunFolder.reopen(folder)  # refused at once if another process trains this run
     else:
         if not args.task:
             raise ValueError(f"name a task: rnnkit train TASK, with TASK one of {', '.join(TASKS)}")
         config = config_from_args(args)
-        check(config)
+    check_fields(config)
+
+    from .tasks import make_task
+    from .train.distributed import launched_rank
+    from .train.runlog import RunFolder, RunFolderError, default_name, run_files
+    from .train.trainer import Trainer
+
+    check_machine(config)
+    rank, run = launched_rank(), None
+    if args.resume:
+        if rank == 0:
+            run = RunFolder.reopen(folder)  # refused at once if another process trains this run
+    else:
         folder = args.out or os.path.join("runs", default_name(config.task.task, config.model.cell))
         if args.out and os.path.isdir(folder) and run_files(folder):  # checked again, under the lock
             raise RunFolderError(f"{folder} already holds a run; continue it with --resume {folder} "
@@ -127,12 +138,13 @@ def cmd_train(args) -> None:
 
 def load_config(folder: str):
     """The run's config.json, every field checked (a hand-edited or damaged one is refused)."""
-    from .train.checkpoint import CheckpointError
     from .train.config import RunConfig, check_fields
 
     path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{folder} is not a run folder (no config.json); pass the folder rnnkit train wrote")
+    if not os.path.isfile(path):  # answered before torch loads: a mistyped RUN is an argument error
+        raise FileNotFoundError(f"{folder} is not a run folder (no config.json); pass the folder rnnkit train wrote")
+    from .train.checkpoint import CheckpointError
+
     try:
         with open(path) as f:
             config = RunConfig.from_dict(json.load(f))
@@ -164,12 +176,12 @@ def task_state(folder: str, task: str, keys) -> dict:
 
 
 def cmd_eval(args) -> None:
+    config = load_config(args.run)
     import torch
 
     from .tasks import make_task
     from .train.trainer import show
 
-    config = load_config(args.run)
     task = make_task(config)
     if args.split == "valid" and not task.has_valid:
         raise ValueError(f"{args.run} has no validation split (trained with --valid-fraction 0); use --split test")
@@ -310,11 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        errors = user_errors()
         try:
             args.func(args)
-        except errors as e:
-            if os.environ.get("RNNKIT_DEBUG"):
+        except Exception as e:
+            if not is_user_error(e) or os.environ.get("RNNKIT_DEBUG"):
                 raise
             print(f"rnnkit: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2

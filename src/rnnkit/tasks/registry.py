@@ -8,9 +8,10 @@ Modules are imported when a task is built, so listing tasks costs nothing.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from ..data import DataError
-from ..train.config import RunConfig
+if TYPE_CHECKING:  # the command line reads this module before torch loads: nothing here may import it
+    from ..train.config import RunConfig
 
 # name -> ("module:builder", one-line description shown by rnnkit train --help)
 TASKS = {
@@ -53,6 +54,8 @@ def load(path: str):
 
 
 def make_task(config: RunConfig):
+    from ..data import DataError
+
     name = config.task.task
     if name not in TASKS:
         raise DataError(f"unknown task {name!r}: expected one of {', '.join(TASKS)}")
