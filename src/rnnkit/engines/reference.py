@@ -308,11 +308,15 @@ def autograd_forward(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Ten
 
 
 def scan_forward(mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor, w_hh: Tensor,
-                 b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None, reverse: bool):
+                 b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None, reverse: bool,
+                 lengths: Tensor | None = None):
     """`autograd_forward` for a padded batch as torch's scan operator: (out, h_n, c_n).
 
     The ONNX exporter turns it into ONNX's Scan, whatever the number of steps (the time dimension
-    stays dynamic). Used for what has no ONNX operator to translate to (an LSTM with proj_size).
+    stays dynamic). Used for what has no ONNX operator to translate to (an LSTM with proj_size), and
+    for padded batches with lengths (B,) under torch.export: step t then updates only the sequences
+    with t < length, the others keep their state (a finished one its last, in reverse one not yet
+    started its h_0) and output zeros there: the packed result, without shapes that depend on lengths.
     """
     from torch._higher_order_ops.scan import scan
 
@@ -321,13 +325,20 @@ def scan_forward(mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tens
         cell = partial(rnn.forward, nonlinearity=NONLINEARITY[mode])
     xp = input_projection(x, w_ih, b_ih)
     xp = xp.reshape(-1, h0.shape[0], xp.shape[1])  # (T, B, G*H)
+    steps = torch.arange(xp.shape[0], device=x.device)  # (T,)
 
-    def step(state, xp_t):
+    def step(state, inputs):
+        xp_t, t = inputs
         new, _ = cell(xp_t, state, w_hh=w_hh, b_hh=b_hh)
-        return new, new[0].clone()  # the carried state and this step's output may not share memory
+        if lengths is None:
+            return new, new[0].clone()  # the carried state and this step's output may not share memory
+        running = (t < lengths).unsqueeze(1)  # (B, 1)
+        kept = tuple(torch.where(running, n, s) for n, s in zip(new, state, strict=True))
+        # (B*P,): a 2-D step output leaves torch.export's shape solver with a guard it cannot prove
+        return kept, torch.where(running, new[0], torch.zeros_like(new[0])).flatten()
 
-    final, out = scan(step, (h0,) if c0 is None else (h0, c0), xp, reverse=reverse)
-    return out.reshape(-1, out.shape[-1]), final[0], final[1] if c0 is not None else None  # (T*B, P)
+    final, out = scan(step, (h0,) if c0 is None else (h0, c0), (xp, steps), reverse=reverse)
+    return out.reshape(-1, h0.shape[1]), final[0], final[1] if c0 is not None else None  # (T*B, P)
 
 
 def run_layer(*args, **kwargs):

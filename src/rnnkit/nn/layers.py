@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -48,6 +49,7 @@ class InputForm(NamedTuple):
     steps: int  # T of padded input
     batch: int  # B of padded input
     padded_lengths: bool  # padded input with lengths=: pad the packed output back to T
+    export_lengths: Tensor | None = None  # lengths= while torch.export traces: masked steps, not packing
 
 
 def run_stack(run_layer, mode: str, x: Tensor, batch_sizes: Tensor | None, h0: Tensor, c0: Tensor | None,
@@ -67,6 +69,13 @@ def run_stack(run_layer, mode: str, x: Tensor, batch_sizes: Tensor | None, h0: T
         if dropout > 0 and training and layer < len(weights) - 1:
             x = torch.nn.functional.dropout(x, dropout, training=True)
     return x, torch.stack(h_n), None if c0 is None else torch.stack(c_n)
+
+
+def masked_layer(lengths: Tensor, mode: str, x: Tensor, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """A padded batch with lengths, as a masked scan of plain ops: what packing gives, for torch.export."""
+    from ..engines.reference import scan_forward
+
+    return scan_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths=lengths)
 
 
 def autocast_dtype(mode: str, device_type: str, input) -> torch.dtype | None:
@@ -176,6 +185,8 @@ class RecurrentLayer(nn.Module):
             h0, c0 = h0.to(low), None if c0 is None else c0.to(low)
             weights = [[tuple(None if w is None else w.to(low) for w in ws) for ws in layer] for layer in weights]
         run_layer = engines.select(self.engine, rows.data)
+        if form.export_lengths is not None:
+            run_layer = partial(masked_layer, form.export_lengths.to(rows.data.device))
         out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, weights, self.dropout,
                                   self.training)
         if low is not None and self.proj_size and rows.data.device.type == "cpu":
@@ -198,7 +209,11 @@ class RecurrentLayer(nn.Module):
             checks.sequence_length(name, x.shape[0], input)
             form = InputForm(False, unbatched, x.shape[0], x.shape[1], padded_lengths=lengths is not None)
             packed = None
-            if lengths is not None:
+            if lengths is not None and torch.compiler.is_exporting():
+                # packing makes shapes depend on the lengths' values, which an exported program cannot
+                # have; the masked scan gives the packed result on the padded batch instead
+                form = form._replace(padded_lengths=False, export_lengths=torch.as_tensor(lengths))
+            elif lengths is not None:
                 lengths = checks.lengths(name, lengths, x.shape[0], x.shape[1])
                 packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         if packed is not None:
