@@ -41,3 +41,28 @@ def in_tmp(monkeypatch, tmp_path):
     """Runs land in the test's own folder (the default --out is relative), and errors are not re-raised."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RNNKIT_DEBUG", raising=False)
+
+
+@pytest.fixture
+def check_export(capsys):
+    """check_export(run_folder): `rnnkit export RUN` writes each format, loads it back, and the difference
+    it reports from the PyTorch model is within float32's tolerance; no temporary file is left behind."""
+    import importlib.util
+    from pathlib import Path
+
+    from rnnkit import cli
+
+    def check(folder, formats=("pt2", "onnx")):
+        folder = Path(folder)
+        for fmt in formats:
+            if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+                continue
+            capsys.readouterr()
+            assert cli.main(["export", str(folder), "--format", fmt]) == 0, capsys.readouterr().err
+            out = capsys.readouterr().out
+            assert f"wrote {folder / f'model.{fmt}'} ({fmt})" in out, out
+            assert float(out.rsplit(":", 1)[1]) < 1e-4, out
+            assert (folder / f"model.{fmt}").stat().st_size > 0
+            assert not list(folder.glob(f".model.{fmt}.*")), "a temporary export file was left behind"
+
+    return check

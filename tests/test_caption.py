@@ -87,7 +87,7 @@ TINY = ["--hidden", "16", "--embed", "8", "--batch-size", "5", "--epochs", "3", 
 
 @pytest.mark.parametrize("cell, attention, beam", [("lstm", "none", 1), ("gru", "additive", 3),
                                                    ("rnn", "multiplicative", 2)])
-def test_train_eval_caption_end_to_end(cell, attention, beam, capsys, tiny_data, tmp_path):
+def test_train_eval_caption_end_to_end(cell, attention, beam, capsys, tiny_data, tmp_path, check_export):
     run = tmp_path / "run"
     start = time.process_time()
     out = run_cli(capsys, "train", "caption", "--cell", cell, "--attention", attention, "--beam", beam,
@@ -102,6 +102,7 @@ def test_train_eval_caption_end_to_end(cell, attention, beam, capsys, tiny_data,
     evaluated = run_cli(capsys, "eval", run)  # the best weights again: the same test metrics
     assert f"bleu {results['bleu']:.4g}" in evaluated and f"nn_bleu {results['nn_bleu']:.4g}" in evaluated
     assert time.process_time() - start < MAX_SECONDS
+    check_export(run)
 
 
 @needs_pillow

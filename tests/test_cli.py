@@ -327,7 +327,7 @@ def check_run_folder(folder: Path, config: dict, test_metrics: set[str]) -> dict
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_task_end_to_end(case, capsys, sources, tmp_path):
+def test_task_end_to_end(case, capsys, sources, tmp_path, check_export):
     task, overrides, test_metrics, prompt = CASES[case]
     overrides = resolve(overrides, sources)
     folder = tmp_path / "run"
@@ -344,6 +344,7 @@ def test_task_end_to_end(case, capsys, sources, tmp_path):
                                                                      for k, v in results["test"].items()}
     valid = metrics_line(run_cli(capsys, "eval", folder, "--split", "valid"), "valid")
     assert valid.keys() == results["test"].keys()
+    check_export(folder)
 
     if task == "lm":
         state = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["task"]

@@ -177,7 +177,7 @@ def train(task: str, out: str, *extra: str) -> float:
     return time.process_time() - started
 
 
-def test_g2p_end_to_end(sources, capsys):
+def test_g2p_end_to_end(sources, capsys, check_export):
     seconds = train("g2p", "g2p-run", "--teacher-forcing", "1:0.5", "--attention", "multiplicative")
     results = json.loads(Path("g2p-run/results.json").read_text())["test"]
     assert set(results) >= {"wer", "per", "loss"} and 0 <= results["per"] <= 1.5 and 0 <= results["wer"] <= 1
@@ -190,9 +190,10 @@ def test_g2p_end_to_end(sources, capsys):
     assert all(set(line.split("\t")[1].split()) <= {v.rstrip("012") for v in LETTERS.values()} | {"<unk>"}
                for line in lines)
     assert cli.main(["eval", "g2p-run"]) == 0 and "wer" in capsys.readouterr().out
+    check_export("g2p-run")
 
 
-def test_translate_end_to_end(sources, capsys):
+def test_translate_end_to_end(sources, capsys, check_export):
     seconds = train("translate", "mt-run", "--cell", "gru", "--max-len", "12")
     out = capsys.readouterr().out
     assert "plots/attention.png" in out
@@ -202,6 +203,7 @@ def test_translate_end_to_end(sources, capsys):
     assert cli.main(["translate", "The man saw a dog.", "--run", "mt-run"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("The man saw a dog.\t") and len(line.split("\t")[1]) > 0
+    check_export("mt-run")
 
 
 def test_g2p_learns_the_fixture_mapping(sources):

@@ -208,7 +208,7 @@ def train(capsys, folder: Path, *extra: str) -> dict:
 
 
 @pytest.mark.parametrize("output", ["softmax", "crf"])
-def test_train_tag_end_to_end_learns_the_lexicon(capsys, corpus, tmp_path, output):
+def test_train_tag_end_to_end_learns_the_lexicon(capsys, corpus, tmp_path, output, check_export):
     folder = tmp_path / output
     started = time.process_time()
     results = train(capsys, folder, *(["--crf"] if output == "crf" else []))
@@ -229,6 +229,7 @@ def test_train_tag_end_to_end_learns_the_lexicon(capsys, corpus, tmp_path, outpu
     assert cli.main(["tag", "人民 发表 新 的 世纪 。", "中国 ，", "--run", str(folder)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == ["人民 发表 新 的 世纪 。\t人民/n 发表/v 新/a 的/u 世纪/n 。/w", "中国 ，\t中国/n ，/w"]
+    check_export(folder)
 
 
 def test_no_bidirectional_is_honoured(capsys, corpus, tmp_path):

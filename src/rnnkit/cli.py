@@ -193,6 +193,22 @@ def cmd_eval(args) -> None:
     print(f"{args.split}  " + show(metrics))
 
 
+def cmd_export(args) -> None:
+    """rnnkit export RUN --format onnx|pt2: the run's best weights, exported, reloaded and checked on a batch."""
+    config = load_config(args.run)
+    from .tasks import make_task
+    from .train.export import dynamic_everywhere, export_and_check
+
+    task = make_task(config)
+    model = task.build_model()
+    load_weights(args.run, model, config.task.task)
+    inputs = task.export_inputs(next(iter(task.batches(0, 0))))
+    path = args.out or os.path.join(args.run, f"model.{args.format}")
+    difference = export_and_check(model, inputs, args.format, path, dynamic_everywhere(inputs))
+    print(f"wrote {path} ({args.format}); largest difference from the PyTorch model on a training batch: "
+          f"{difference:.3g}")
+
+
 def cmd_generate(args) -> None:
     from .data import Vocab
     from .tasks.lm import generate
@@ -313,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("inputs", nargs="+", metavar="INPUT", help="what to run the model on")
         p.add_argument("--run", help=f"a {command} run folder (default: the newest under runs/)")
         p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run's model to ONNX or torch.export's .pt2, checked against it")
+    p.add_argument("run", metavar="RUN", help="a run folder written by rnnkit train")
+    p.add_argument("--format", required=True, choices=("onnx", "pt2"),
+                   help="onnx (needs the [export] extra) or pt2 (torch.export; load it after import rnnkit.engines)")
+    p.add_argument("--out", help="the file to write (default: RUN/model.FORMAT)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("datasets", help="which data sets this machine has, and the install command for the rest")
     p.set_defaults(func=cmd_datasets)

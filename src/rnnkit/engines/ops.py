@@ -183,8 +183,8 @@ def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Te
     tuple of python ints (turned into that tensor).
     """
     if isinstance(batch_sizes, (tuple, list)):
-        batch_sizes = None if len(set(batch_sizes)) == 1 and batch_sizes[0] == h0.shape[0] and batch_sizes[0] \
-            else torch.tensor(batch_sizes, dtype=torch.int64)
+        padded = h0.shape[0] > 0 and all(b == h0.shape[0] for b in batch_sizes)  # no set(): sizes may be symbolic
+        batch_sizes = None if padded else torch.tensor(batch_sizes, dtype=torch.int64)
     if torch._C._are_functorch_transforms_active():  # grad, vmap, jacrev...: plain ops, which torch.func handles
         return reference.autograd_forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                           reverse)

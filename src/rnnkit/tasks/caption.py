@@ -157,6 +157,11 @@ class CaptionTask(TaskBase):
             T = int((self.train_targets[idx] != 0).sum(1).max())  # the batch's longest caption
             yield images[idx], self.train_inputs[idx, :T], self.train_targets[idx, :T]
 
+    def export_inputs(self, batch: tuple) -> tuple:
+        """model(images, gold word inputs), teacher-forced: the inputs `rnnkit export` traces."""
+        images, inputs, _ = batch
+        return images, inputs
+
     def loss(self, model, batch, carry):
         images, inputs, targets = batch
         logits = model(images, inputs)  # (B, T, V)

@@ -49,6 +49,11 @@ class ManyToOneTask(TaskBase):
     def scores(self, model, x, lengths):
         return model(x, lengths)  # (B, C) or (B, 1)
 
+    def export_inputs(self, batch: tuple) -> tuple:
+        """model(x, lengths): the inputs `rnnkit export` traces the model with."""
+        x, lengths, _ = batch
+        return x, lengths
+
     def loss(self, model, batch, carry):
         x, lengths, y = batch
         out = self.scores(model, x, lengths)

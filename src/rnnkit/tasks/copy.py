@@ -46,6 +46,11 @@ class CopyTask(TaskBase):
         train = self.config.train
         return batches(self.splits["train"], train.batch_size, shuffle=True, seed=train.seed, epoch=epoch, start=start)
 
+    def export_inputs(self, batch: tuple) -> tuple:
+        """model(x) -> (logits, state): the inputs `rnnkit export` traces the model with."""
+        x, _, _ = batch
+        return (x,)
+
     def loss(self, model, batch, carry):
         x, _, y = batch
         logits, _ = model(x)  # (B, T, V)

@@ -84,6 +84,11 @@ class LanguageModelTask(TaskBase):
             local = tbptt.Window(0, w.loss_start - w.start, w.end - w.start, w.carry_at - w.start)
             yield (self.train_columns[:, w.start:w.end], self.train_columns[:, w.loss_start + 1:w.end + 1], local)
 
+    def export_inputs(self, batch: tuple) -> tuple:
+        """model(tokens) -> (logits, state): the inputs `rnnkit export` traces the model with."""
+        x, _, _ = batch
+        return (x,)
+
     def loss(self, model, batch, carry):
         x, y, window = batch
         logits, carry = tbptt.run_window(model, x, window, carry)  # (B, k1, V)

@@ -149,6 +149,11 @@ class Seq2SeqTask(TaskBase):
             p = gold_probability(self.gold_start, self.gold_end, epoch * n + b, self.total_steps())
             yield src, lengths, tgt, torch.full((len(src),), p)
 
+    def export_inputs(self, batch: tuple) -> tuple:
+        """model(src, lengths, gold decoder inputs), teacher-forced: the inputs `rnnkit export` traces."""
+        src, lengths, tgt, _ = batch
+        return src, lengths, self.decoder_inputs(tgt)
+
     def loss(self, model, batch, carry):
         src, lengths, tgt, gold = batch
         logits, _ = model(src, lengths, self.decoder_inputs(tgt), gold)       # (B, T, V)

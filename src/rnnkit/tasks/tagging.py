@@ -142,6 +142,11 @@ class TaggingTask(TaskBase):
         for idx in pooled_order(train.lengths, cfg.batch_size, cfg.seed, epoch)[start:]:
             yield train.batch(idx)[:4]  # the OOV flags are for evaluation only
 
+    def export_inputs(self, batch: tuple) -> tuple:
+        """model(words, chars, lengths) -> emissions: the inputs `rnnkit export` traces the model with."""
+        words, chars, lengths, _ = batch
+        return words, chars, lengths
+
     def loss(self, model, batch, carry):
         words, chars, lengths, tags = batch
         emissions = model(words, chars, lengths)  # (B, T, K)

@@ -87,6 +87,13 @@ def run_onnx(path: Path, args: tuple) -> list[torch.Tensor]:
     return [torch.from_numpy(o) for o in session.run(None, feeds)]
 
 
+def dynamic_everywhere(args: tuple):
+    """torch.export's dynamic_shapes for args with every dimension of every tensor left for it to decide
+    (Dim.AUTO: dynamic where the model allows, such as batch and time; static where it needs a size)."""
+    auto = torch.export.Dim.AUTO
+    return tuple({d: auto for d in range(a.dim())} if isinstance(a, torch.Tensor) else None for a in args)
+
+
 def export_and_check(model: torch.nn.Module, args: tuple, fmt: str, path: str | Path, dynamic_shapes=None) -> float:
     """Export model (called as model(*args)) to path in format fmt, reload it, run it on args and return
     the largest absolute difference from model(*args). Raises ExportError if the outputs differ in number or shape."""

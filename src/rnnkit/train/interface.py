@@ -48,6 +48,10 @@ class Task(Protocol):
     def save_plots(self, model: nn.Module, folder: str) -> list[str]:
         """Optional (TaskBase: none): task-specific plots written after training; returns their paths."""
 
+    def export_inputs(self, batch: tuple) -> tuple:
+        """Optional (TaskBase: refuses): the arguments model(*args) is called with for one of this task's
+        batches, which `rnnkit export` traces the model with (its forward, teacher-forced for decoders)."""
+
 
 @runtime_checkable
 class Predictor(Protocol):
@@ -78,3 +82,6 @@ class TaskBase:
 
     def save_plots(self, model: nn.Module, folder: str) -> list[str]:
         return []
+
+    def export_inputs(self, batch: tuple) -> tuple:
+        raise ValueError(f"{type(self).__name__} does not say how its model is called, so it cannot be exported")
