@@ -43,17 +43,19 @@ from torch import Tensor
 from .common import recurrent_product
 
 
-def forward(xp: Tensor, state: tuple[Tensor], w_hh: Tensor, b_hh: Tensor | None):
-    """One step. xp: (B, 3H), state: (h (B, H),). Returns ((h',), cache (B, 4H) = [r, z, n, h_n])."""
+def forward(xp: Tensor, state: tuple[Tensor], w_hh: Tensor, b_hh: Tensor | None, *, keep: bool = True):
+    """One step. xp: (B, 3H), state: (h (B, H),). Returns ((h',), cache (B, 4H) = [r, z, n, h_n]).
+
+    keep=False returns None for the cache (for callers that let autograd differentiate the step)."""
     (h,) = state
     hp = recurrent_product(h, w_hh, b_hh)  # (B, 3H)
-    x_r, x_z, x_n = xp.chunk(3, dim=1)
-    h_r, h_z, h_n = hp.chunk(3, dim=1)
+    x_r, x_z, x_n = xp.unsafe_chunk(3, dim=1)  # unsafe: the parts are only read; skips view bookkeeping
+    h_r, h_z, h_n = hp.unsafe_chunk(3, dim=1)
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
     h_new = n + z * (h - n)  # = (1 - z) * n + z * h
-    return (h_new,), torch.cat([r, z, n, h_n], dim=1)
+    return (h_new,), torch.cat([r, z, n, h_n], dim=1) if keep else None
 
 
 def backward(d_new: tuple[Tensor], new: tuple[Tensor], prev: tuple[Tensor], cache: Tensor, w_hh: Tensor):

@@ -47,16 +47,19 @@ from .common import recurrent_product
 
 
 def forward(xp: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None,
-            *, w_hr: Tensor | None = None):
-    """One step. xp: (B, 4H), state: (h (B, P or H), c (B, H)). Returns ((h', c'), gates (B, 4H))."""
+            *, w_hr: Tensor | None = None, keep: bool = True):
+    """One step. xp: (B, 4H), state: (h (B, P or H), c (B, H)). Returns ((h', c'), gates (B, 4H)).
+
+    keep=False returns None for the gates: a caller that lets autograd differentiate the step
+    (rnnkit.nn's cells) needs no cache, and building it would be one more op per step."""
     h, c = state
-    a = xp + recurrent_product(h, w_hh, b_hh)  # (B, 4H)
-    a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
+    a = xp + recurrent_product(h, w_hh, b_hh)  # (B, 4H); out of place, so vmap can batch xp alone
+    a_i, a_f, a_g, a_o = a.unsafe_chunk(4, dim=1)  # unsafe: the parts are only read; skips view bookkeeping
     i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
-    c_new = f * c + i * g
+    c_new = torch.addcmul(f * c, i, g)  # f * c + i * g
     m = o * torch.tanh(c_new)  # (B, H)
     h_new = m if w_hr is None else m @ w_hr.t()  # (B, P) with a projection
-    return (h_new, c_new), torch.cat([i, f, g, o], dim=1)
+    return (h_new, c_new), torch.cat([i, f, g, o], dim=1) if keep else None
 
 
 def projection_input(new: tuple[Tensor, Tensor], gates: Tensor) -> Tensor:

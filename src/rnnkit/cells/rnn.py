@@ -45,8 +45,11 @@ from .common import recurrent_product
 NONLINEARITIES = ("tanh", "relu")
 
 
-def forward(xp: Tensor, state: tuple[Tensor], w_hh: Tensor, b_hh: Tensor | None, *, nonlinearity: str):
-    """One step. xp: (B, H), state: (h,) with h (B, H). Returns ((h',), cache=())."""
+def forward(xp: Tensor, state: tuple[Tensor], w_hh: Tensor, b_hh: Tensor | None, *, nonlinearity: str,
+            keep: bool = True):
+    """One step. xp: (B, H), state: (h,) with h (B, H). Returns ((h',), cache=()).
+
+    The cache is empty either way; keep is accepted so every family's forward takes it."""
     (h,) = state
     pre = xp + recurrent_product(h, w_hh, b_hh)  # (B, H)
     h_new = torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
