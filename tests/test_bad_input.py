@@ -90,14 +90,16 @@ def test_layer_wrong_h0_shape(torch_cls, kit_cls, case):
     expected = (1 if case == "width" else 2, B, H)
     given = (1, B, H + 1) if case == "width" else (1, B, H)
     hx = states(kit_cls, given, expected)  # c_0 (LSTM) is right: only h_0 is wrong
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected h_0 of shape {shape_re(expected)}, "
-                                    rf"got {shape_re(given)}", lambda m: m(torch.randn(T, B, I), hx), ref, kit)
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected hidden size {shape_re(expected)}, "
+                                    rf"got {re.escape(str(list(given)))} \(h_0 of shape {shape_re(given)}\)",
+                      lambda m: m(torch.randn(T, B, I), hx), ref, kit)
 
 
 def test_lstm_wrong_c0_shape():
     ref, kit = pair(torch.nn.LSTM, rnnkit.LSTM, I, H)
     hx = (torch.randn(1, B, H), torch.randn(1, B, H + 1))
-    raises_like_torch(RuntimeError, rf"LSTM: Expected c_0 of shape {shape_re((1, B, H))}, got {shape_re((1, B, H + 1))}",
+    raises_like_torch(RuntimeError, rf"LSTM: Expected hidden\[1\] size {shape_re((1, B, H))}, "
+                                    rf"got {re.escape(str([1, B, H + 1]))} \(c_0 of shape",
                       lambda m: m(torch.randn(T, B, I), hx), ref, kit)
 
 
@@ -109,7 +111,9 @@ def test_lstm_proj_state_widths(wrong):
         hx, what, expected, given = (torch.randn(1, B, H), torch.randn(1, B, H)), "h_0", (1, B, P), (1, B, H)
     else:
         hx, what, expected, given = (torch.randn(1, B, P), torch.randn(1, B, P)), "c_0", (1, B, H), (1, B, P)
-    raises_like_torch(RuntimeError, rf"LSTM: Expected {what} of shape {shape_re(expected)}, got {shape_re(given)}",
+    label = "hidden" if what == "h_0" else r"hidden\[1\]"
+    raises_like_torch(RuntimeError, rf"LSTM: Expected {label} size {shape_re(expected)}, "
+                                    rf"got {re.escape(str(list(given)))} \({what} of shape {shape_re(given)}\)",
                       lambda m: m(torch.randn(T, B, I), hx), ref, kit)
 
 
@@ -119,9 +123,9 @@ def test_layer_batch_size_mismatch(torch_cls, kit_cls, batch_first):
     ref, kit = pair(torch_cls, kit_cls, I, H, batch_first=batch_first)
     x = torch.randn((B, T, I) if batch_first else (T, B, I))
     hx = states(kit_cls, (1, B + 1, H))
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: h_0 has batch size {B + 1} but the input has batch "
-                                    rf"size {B} \(expected h_0 of shape {shape_re((1, B, H))}",
-                      lambda m: m(x, hx), ref, kit)
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected hidden size {shape_re((1, B, H))}, "
+                                    rf"got {re.escape(str([1, B + 1, H]))} \(h_0 has batch size {B + 1} but the "
+                                    rf"input has batch size {B}\)", lambda m: m(x, hx), ref, kit)
 
 
 @pytest.mark.parametrize("torch_cls, kit_cls", LAYERS)
@@ -154,7 +158,7 @@ def test_layer_integer_input(torch_cls, kit_cls):
 def test_layer_float64_input_into_float32_weights(torch_cls, kit_cls):
     ref, kit = pair(torch_cls, kit_cls, I, H)
     x = torch.randn(T, B, I, dtype=torch.float64)
-    raises_like_torch(ValueError, rf"{kit_cls.__name__}: input dtype \(torch\.float64\) does not match weight "
+    raises_like_torch(ValueError, rf"{kit_cls.__name__}: RNN input dtype \(torch\.float64\) does not match weight "
                                   rf"dtype \(torch\.float32\)", lambda m: m(x), ref, kit)
 
 
@@ -194,7 +198,7 @@ def test_layer_input_dims(torch_cls, kit_cls, shape):
 def test_layer_empty_sequence(torch_cls, kit_cls, kind):
     ref, kit = pair(torch_cls, kit_cls, I, H, batch_first=kind == "batch_first")
     x = torch.randn({"time_major": (0, B, I), "batch_first": (B, 0, I), "unbatched": (0, I)}[kind])
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: expected a sequence length of at least 1, got 0 "
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected sequence length to be larger than 0 in RNN, got 0 "
                                     rf"\(input of shape {shape_re(x.shape)}\)", lambda m: m(x), ref, kit)
 
 
@@ -292,8 +296,8 @@ def test_lstm_hx_not_two_tensors(torch_cls, kit_cls, hx, exc, match, torch_too):
 def test_cell_wrong_feature_size(torch_cls, kit_cls, batched):
     ref, kit = pair(torch_cls, kit_cls, I, H)
     x = torch.randn((B, I + 1) if batched else (I + 1,))
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: input\.size\(-1\) must be equal to input_size\. "
-                                    rf"Expected {I}, got {I + 1}", lambda m: m(x), ref, kit)
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: input has inconsistent input_size: got {I + 1} "
+                                    rf"expected {I} \(input of shape {shape_re(x.shape)}\)", lambda m: m(x), ref, kit)
 
 
 @pytest.mark.parametrize("torch_cls, kit_cls, what", per_state(CELLS))
@@ -302,16 +306,18 @@ def test_cell_wrong_state_width(torch_cls, kit_cls, what):
     wrong = torch.randn(B, H + 1)
     hx = (wrong, torch.randn(B, H)) if what == "h_0" else (torch.randn(B, H), wrong)
     hx = hx if is_lstm(kit_cls) else hx[0]
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected {what} of shape {shape_re((B, H))}, "
-                                    rf"got {shape_re((B, H + 1))}", lambda m: m(torch.randn(B, I), hx), ref, kit)
+    k = 0 if what == "h_0" else 1
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: hidden{k} has inconsistent hidden_size: got {H + 1}, "
+                                    rf"expected {H} \({what} of shape {shape_re((B, H + 1))}\)",
+                      lambda m: m(torch.randn(B, I), hx), ref, kit)
 
 
 @pytest.mark.parametrize("torch_cls, kit_cls", CELLS)
 def test_cell_batch_size_mismatch(torch_cls, kit_cls):
     ref, kit = pair(torch_cls, kit_cls, I, H)
     hx = states(kit_cls, (B + 1, H))
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: h_0 has batch size {B + 1} but the input has batch "
-                                    rf"size {B} \(expected h_0 of shape {shape_re((B, H))}",
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Input batch size {B} doesn't match hidden0 batch size "
+                                    rf"{B + 1} \(h_0 of shape {shape_re((B + 1, H))}\)",
                       lambda m: m(torch.randn(B, I), hx), ref, kit)
 
 
@@ -327,7 +333,8 @@ def test_cell_state_dims(torch_cls, kit_cls, case):
                                    r"For batched 2-D input, the initial states should also be 2-D "
                                    rf"but got a 1-D tensor of shape {shape_re((H,))}"),
         "3d_state": (torch.randn(B, I), (1, B, H), ValueError,  # torch.nn's cells check this in Python
-                     rf"Expected the initial states to be 1D or 2D, got a 3-D tensor of shape {shape_re((1, B, H))}"),
+                     (r"Expected hx\[0\]" if is_lstm(kit_cls) else "Expected hidden") +
+                     rf" to be 1D or 2D, got 3D instead \(h_0 of shape {shape_re((1, B, H))}\)"),
     }[case]
     hx = states(kit_cls, state_shape)
     raises_like_torch(exc, rf"{kit_cls.__name__}: {match}", lambda m: m(x, hx), ref, kit)
@@ -346,7 +353,7 @@ def test_cell_integer_input(torch_cls, kit_cls):
 def test_cell_float64_input_into_float32_weights(torch_cls, kit_cls):
     ref, kit = pair(torch_cls, kit_cls, I, H)
     x = torch.randn(B, I, dtype=torch.float64)
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: input dtype \(torch\.float64\) does not match weight "
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: RNN input dtype \(torch\.float64\) does not match weight "
                                     rf"dtype \(torch\.float32\)", lambda m: m(x), ref, kit)
 
 
@@ -386,7 +393,7 @@ def test_cell_input_dims(torch_cls, kit_cls, shape):
 @pytest.mark.parametrize("torch_cls, kit_cls", LAYERS)
 @pytest.mark.parametrize("num_layers", [0, -1])
 def test_num_layers_below_one(torch_cls, kit_cls, num_layers):
-    raises_like_torch(ValueError, rf"{kit_cls.__name__}: num_layers must be at least 1, got {num_layers}$",
+    raises_like_torch(ValueError, rf"{kit_cls.__name__}: num_layers must be greater than zero, got {num_layers}$",
                       lambda cls: cls(I, H, num_layers=num_layers), torch_cls, kit_cls)
 
 
@@ -417,7 +424,7 @@ def test_negative_proj_size():
 def test_unknown_nonlinearity(torch_cls, kit_cls):
     """torch.nn.RNNCell accepts any nonlinearity at construction (and fails at the first forward);
     rnnkit fails at construction for both."""
-    raises_like_torch(ValueError, rf"{kit_cls.__name__}: unknown nonlinearity 'sigmoid'\. "
+    raises_like_torch(ValueError, rf"{kit_cls.__name__}: Unknown nonlinearity 'sigmoid'\. "
                                   rf"Select from 'tanh' or 'relu'\.",
                       lambda cls: cls(I, H, nonlinearity="sigmoid"), torch_cls, kit_cls,
                       torch_too=torch_cls is torch.nn.RNN)

@@ -1,9 +1,29 @@
 """Single-step cells: drop-ins for torch.nn.RNNCell, torch.nn.LSTMCell and torch.nn.GRUCell.
 
-A cell call is a sequence of one step, so it runs on the same engine, and the same
-hand-derived backward, as the layers.
+How a cell call runs (`runs_plain` is the one place this is decided):
+
+- `engine="auto"` (the default): the step is plain torch ops, the step math of
+  `rnnkit.cells.{rnn,lstm,gru}.forward` after one input product, and autograd differentiates it.
+  A cell call is one step of a loop the caller writes (decoders, attention, tutorials), where a
+  whole-sequence engine has nothing to fuse and costs its dispatch; plain ops cost what
+  torch.nn's cells cost, and give double backward, torch.func, torch.compile, torch.export,
+  jit.trace and ONNX export without further work. Inside `with rnnkit.engines.use(name):`
+  an auto cell runs engine `name` instead, as the layers do.
+- `engine="reference" | "cpu" | "triton"`: the step runs on that engine (`engines.select`),
+  a sequence of one step, with the engine's hand-derived backward.
 
 Shapes: input (B, input_size) or (input_size,) unbatched; states (B, hidden_size) or (hidden_size,).
+Like torch.nn's cells, the constructor validates little: hidden_size=0 gives (B, 0) states, and
+`bias` is taken for its truth value (torch.nn.RNNCell(10, 20, 'relu') has biases and runs tanh).
+
+Example:
+    >>> import torch, rnnkit
+    >>> cell = rnnkit.LSTMCell(10, 20)
+    >>> h = c = torch.zeros(3, 20)
+    >>> for x in torch.randn(6, 3, 10):
+    ...     h, c = cell(x, (h, c))
+    >>> h.shape
+    torch.Size([3, 20])
 """
 
 from __future__ import annotations
@@ -14,19 +34,30 @@ import torch
 from torch import Tensor, nn
 
 from .. import engines
+from ..cells import gru, lstm, rnn
 from . import checks
 from .layers import GATES
+
+# mode -> (the family's step math, its keyword arguments)
+STEPS = {"RNN_TANH": (rnn.forward, {"nonlinearity": "tanh"}), "RNN_RELU": (rnn.forward, {"nonlinearity": "relu"}),
+         "LSTM": (lstm.forward, {}), "GRU": (gru.forward, {})}
+
+
+def runs_plain(engine: str) -> bool:
+    """Whether a cell built with `engine` runs its step as plain torch ops: "auto", outside a `use` block."""
+    return engine == "auto" and engines._auto_engine.get() == "auto"
 
 
 class RecurrentCell(nn.Module):
     """What RNNCell, LSTMCell and GRUCell share; use those classes."""
 
-    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device, dtype, engine: str):
+    def __init__(self, mode: str, input_size: int, hidden_size: int, bias, device, dtype, engine: str):
         super().__init__()
-        checks.constructor(type(self).__name__, input_size, hidden_size, 1, bias, False, 0.0, 0)
+        checks.cell_constructor(type(self).__name__, input_size, hidden_size)
         engines.check_name(engine)
         self.mode, self.engine = mode, engine
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self._step, self._step_kw = STEPS[mode]
         factory = {"device": device, "dtype": dtype}
         gate_size = GATES[mode] * hidden_size
         self.weight_ih = nn.Parameter(torch.empty((gate_size, input_size), **factory))
@@ -40,42 +71,66 @@ class RecurrentCell(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as torch.nn does."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as torch.nn does (0 if hidden_size is 0)."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        if not self.bias:
-            s += ", bias=False"
+        if self.bias is not True:  # torch.nn prints any other value, e.g. bias=relu
+            s += f", bias={self.bias}"
         if getattr(self, "nonlinearity", "tanh") != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
+            s += f", nonlinearity={self.nonlinearity}"
         return s
 
-    def step(self, input: Tensor, states: tuple[Tensor | None, ...]):
-        """Validate, run one step on the engine, return the new states (unbatched when the input was)."""
-        name = type(self).__name__
-        checks.input_dims(name, input, (1, 2))
-        batched = input.dim() == 2
-        x = input if batched else input.unsqueeze(0)  # (B, I)
-        checks.input_matches_weights(name, x, self.weight_ih, self.input_size, dtype_error=RuntimeError)
-        x = x.to(self.weight_ih.dtype)
+    def step(self, input: Tensor, states: tuple[Tensor | None, ...]) -> tuple[Tensor, ...]:
+        """Validate, run one step, return the new states (unbatched when the input was).
+
+        states: (h_0,) or (h_0, c_0), None for zeros. The hot path checks only what would otherwise
+        pass silently (ranks and state shapes that broadcast, a state dtype that promotes); any other
+        mistake makes an op raise, and then checks.cell_call says what was wrong."""
+        hidden = self.hidden_size
+        dims = input.dim() if isinstance(input, Tensor) else -1
+        if dims not in (1, 2):
+            checks.cell_call(type(self).__name__, input, states, self.input_size, hidden, self.weight_ih)
+        want = (input.shape[0], hidden) if dims == 2 else (hidden,)  # each state's shape
+        for s in states:
+            if s is not None and (not isinstance(s, Tensor) or s.shape != want or s.dtype != input.dtype):
+                checks.cell_call(type(self).__name__, input, states, self.input_size, hidden, self.weight_ih)
+        x = input if dims == 2 else input.unsqueeze(0)  # (B, I)
+        zeros = None
         full = []
-        for what, s in zip(("h_0", "c_0")[: len(states)], states, strict=True):
+        for s in states:
             if s is None:
-                s = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
-            else:
-                checks.state_dims(name, s, batched, input_dims=2)
-                s = s if batched else s.unsqueeze(0)
-                checks.state(name, what, s, (x.shape[0], self.hidden_size), x)
-            full.append(s)
+                if zeros is None:
+                    zeros = torch.zeros(x.shape[0], hidden, dtype=x.dtype, device=x.device)
+                s = zeros
+            elif dims == 1:
+                s = s.unsqueeze(0)
+            full.append(s)  # (B, H)
+        try:
+            new = self.plain_step(x, full) if runs_plain(self.engine) else self.engine_step(x, full)
+        except Exception:
+            # an op failed: name the mistake if it is one of the caller's, else let the op's error out
+            checks.cell_call(type(self).__name__, input, states, self.input_size, hidden, self.weight_ih)
+            raise
+        return new if dims == 2 else tuple(s.squeeze(0) for s in new)
+
+    def plain_step(self, x: Tensor, full: list[Tensor]) -> tuple[Tensor, ...]:
+        """One step as plain torch ops, differentiated by autograd. x: (B, I), full: [h (B, H), (c (B, H))]."""
+        p = self._parameters  # one dict lookup instead of nn.Module.__getattr__ per parameter
+        xp = torch.nn.functional.linear(x, p["weight_ih"], p["bias_ih"])  # (B, G*H)
+        return self._step(xp, tuple(full), p["weight_hh"], p["bias_hh"], keep=False, **self._step_kw)[0]
+
+    def engine_step(self, x: Tensor, full: list[Tensor]) -> tuple[Tensor, ...]:
+        """One step on the engine the cell names: a sequence of length one. x: (B, I)."""
+        x = x.to(self.weight_ih.dtype)  # a cast only under autocast, which the checks allow
         run_layer = engines.select(self.engine, x)
         h0, c0 = full[0], full[1] if len(full) > 1 else None
         _, h, c = run_layer(self.mode, x, (x.shape[0],), h0, c0, self.weight_ih, self.weight_hh,
                             self.bias_ih, self.bias_hh, None, reverse=False)
-        new = (h,) if c is None else (h, c)
-        return new if batched else tuple(s.squeeze(0) for s in new)
+        return (h,) if c is None else (h, c)
 
 
 class RNNCell(RecurrentCell):
@@ -118,9 +173,12 @@ class LSTMCell(RecurrentCell):
         super().__init__("LSTM", input_size, hidden_size, bias, device, dtype, engine)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        if hx is not None:
+        if hx is None:
+            return self.step(input, (None, None))
+        if type(hx) is not tuple or len(hx) != 2 or hx[0] is None or hx[1] is None:
             checks.lstm_hx("LSTMCell", hx)
-        return self.step(input, (None, None) if hx is None else tuple(hx))
+            hx = tuple(hx)
+        return self.step(input, hx)
 
 
 class GRUCell(RecurrentCell):

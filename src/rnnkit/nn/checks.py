@@ -33,7 +33,7 @@ def constructor(name: str, input_size, hidden_size, num_layers, bias, batch_firs
     if hidden_size <= 0:
         raise ValueError(f"{name}: hidden_size must be greater than zero, got {hidden_size}")
     if num_layers < 1:
-        raise ValueError(f"{name}: num_layers must be at least 1, got {num_layers}")
+        raise ValueError(f"{name}: num_layers must be greater than zero, got {num_layers}")
     dropout_probability(name, dropout)
     if proj_size < 0:
         raise ValueError(f"{name}: proj_size should be a positive integer or zero to disable projections, "
@@ -41,6 +41,32 @@ def constructor(name: str, input_size, hidden_size, num_layers, bias, batch_firs
     if proj_size >= hidden_size:
         raise ValueError(f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                          f"and hidden_size={hidden_size}")
+
+
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN = _NotGiven()  # the default of an argument whose mere presence is an error
+
+
+def no_projection(name: str, proj_size) -> None:
+    """torch.nn.RNN and GRU raise ValueError for proj_size given at all, even proj_size=0."""
+    if proj_size is not NOT_GIVEN:
+        raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU "
+                         f"(got proj_size={proj_size!r})")
+
+
+def cell_constructor(name: str, input_size, hidden_size) -> None:
+    """torch.nn's cells validate nothing: sizes of 0 build cells with empty states ((B, 0) for
+    hidden_size 0), and a negative size fails in torch.empty with a RuntimeError, as here."""
+    for arg, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name}: {arg} should be of type int, got: {type(value).__name__}")
+        if value < 0:
+            raise RuntimeError(f"{name}: {arg} must not be negative (Trying to create tensor with negative "
+                               f"dimension), got {value}")
 
 
 def dropout_probability(name: str, value) -> None:
@@ -60,7 +86,7 @@ def dropout_probability(name: str, value) -> None:
 
 def nonlinearity(name: str, value) -> None:
     if value not in ("tanh", "relu"):
-        raise ValueError(f"{name}: unknown nonlinearity {value!r}. Select from 'tanh' or 'relu'.")
+        raise ValueError(f"{name}: Unknown nonlinearity {value!r}. Select from 'tanh' or 'relu'.")
 
 
 # ---------------------------------------------------------------- forward arguments
@@ -85,7 +111,8 @@ def input_matches_weights(name: str, data: Tensor, weight: Tensor, input_size: i
         raise dtype_error(f"{name}: input must be a floating-point tensor of dtype {weight.dtype}, "
                          f"got {data.dtype}. Convert input: input.to({weight.dtype})")
     if data.dtype != weight.dtype and not torch.is_autocast_enabled(data.device.type):
-        raise dtype_error(f"{name}: input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
+        # "RNN input dtype" for every layer: torch.nn's words, which its tests match
+        raise dtype_error(f"{name}: RNN input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
                          f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})")
     if data.device != weight.device:
         raise RuntimeError(f"{name}: input and parameter tensors are not on the same device: "
@@ -97,7 +124,7 @@ def input_matches_weights(name: str, data: Tensor, weight: Tensor, input_size: i
 
 def sequence_length(name: str, num_steps: int, input: Tensor) -> None:
     if num_steps < 1:
-        raise RuntimeError(f"{name}: expected a sequence length of at least 1, got {num_steps} "
+        raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, got {num_steps} "
                            f"(input of shape {shape(input)})")
 
 
@@ -139,32 +166,73 @@ def lengths(name: str, lengths, num_steps: int, batch: int) -> Tensor:
     return lengths.cpu()
 
 
-def state(name: str, what: str, state: Tensor, expected: tuple[int, ...], data: Tensor) -> None:
-    """An initial state against its expected shape (and the input's dtype and device).
+def state(name: str, what: str, state: Tensor, expected: tuple[int, int, int], data: Tensor) -> None:
+    """A layer's initial state against its expected shape (L*D, B, P) (and the input's dtype and device).
 
-    expected is (L*D, B, P) for the layers, (B, H) for the cells."""
+    The message starts with torch.nn's words ("Expected hidden size", "hidden[1]" for c_0)."""
     if not isinstance(state, Tensor):
         raise TypeError(f"{name}: expected {what} to be a Tensor, got {type(state).__name__}")
-    b = len(expected) - 2  # the batch dimension
-    if state.dim() == len(expected) and state.shape[b] != expected[b]:
-        raise RuntimeError(f"{name}: {what} has batch size {state.shape[b]} but the input has batch size "
-                           f"{expected[b]} (expected {what} of shape {expected}, got {shape(state)})")
     if shape(state) != expected:
-        raise RuntimeError(f"{name}: Expected {what} of shape {expected}, got {shape(state)}")
+        label = "hidden[1]" if what == "c_0" else "hidden"
+        detail = f"{what} of shape {shape(state)}"
+        if state.dim() == 3 and state.shape[1] != expected[1]:
+            detail = f"{what} has batch size {state.shape[1]} but the input has batch size {expected[1]}"
+        raise RuntimeError(f"{name}: Expected {label} size {expected}, got {list(state.shape)} ({detail})")
     if state.dtype != data.dtype:
         raise RuntimeError(f"{name}: {what} dtype ({state.dtype}) does not match input dtype ({data.dtype})")
     if state.device != data.device:
         raise RuntimeError(f"{name}: {what} is on {state.device} but the input is on {data.device}")
 
 
+def cell_call(name: str, input, states: tuple, input_size: int, hidden_size: int, weight: Tensor) -> None:
+    """One cell call, checked in torch.nn's order, so the first mistake raises what torch.nn raises.
+
+    torch.nn's cells check ranks in Python (ValueError), then shapes in the cell op (RuntimeError,
+    whose words their tests match: "input has inconsistent input_size", "Input batch size 3 doesn't
+    match hidden0 batch size 5", "hidden0 has inconsistent hidden_size"), then meet the dtype and
+    device in the matrix product (RuntimeError). states holds h_0 (and c_0), or None for zeros."""
+    input_dims(name, input, (1, 2))
+    lstm = len(states) == 2
+    for k, s in enumerate(states):
+        if s is not None and not isinstance(s, Tensor):
+            raise TypeError(f"{name}: expected {STATE_NAMES[k]} to be a Tensor, got {type(s).__name__}")
+        if s is not None and s.dim() not in (1, 2):
+            label = f"hx[{k}]" if lstm else "hidden"
+            raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead "
+                             f"({STATE_NAMES[k]} of shape {shape(s)})")
+    given = [s for s in states if s is not None]
+    state_dims(name, tuple(given), input.dim() == 2, input_dims=2)
+    if input.shape[-1] != input_size:
+        raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.shape[-1]} expected "
+                           f"{input_size} (input of shape {shape(input)})")
+    batch = input.shape[0] if input.dim() == 2 else None
+    for k, s in enumerate(states):
+        if s is None:
+            continue
+        what = f"{STATE_NAMES[k]} of shape {shape(s)}"
+        if batch is not None and s.shape[0] != batch:
+            raise RuntimeError(f"{name}: Input batch size {batch} doesn't match hidden{k} batch size "
+                               f"{s.shape[0]} ({what})")
+        if s.shape[-1] != hidden_size:
+            raise RuntimeError(f"{name}: hidden{k} has inconsistent hidden_size: got {s.shape[-1]}, expected "
+                               f"{hidden_size} ({what})")
+    input_matches_weights(name, input, weight, input_size, dtype_error=RuntimeError)
+    for k, s in enumerate(states):
+        if s is not None and s.dtype != input.dtype:
+            raise RuntimeError(f"{name}: {STATE_NAMES[k]} dtype ({s.dtype}) does not match input dtype "
+                               f"({input.dtype})")
+        if s is not None and s.device != input.device:
+            raise RuntimeError(f"{name}: {STATE_NAMES[k]} is on {s.device} but the input is on {input.device}")
+
+
+STATE_NAMES = ("h_0", "c_0")
+
+
 def state_dims(name: str, hx, batched: bool, input_dims: int = 3) -> None:
-    """States have the input's rank for layers (3-D batched, 2-D unbatched); cells pass input_dims=2."""
+    """States have the input's rank (layers: 3-D batched, 2-D unbatched; cells pass input_dims=2)."""
     want = input_dims if batched else input_dims - 1
     tensors = hx if isinstance(hx, tuple) else (hx,)
     for t in tensors:
-        if isinstance(t, Tensor) and input_dims == 2 and t.dim() not in (1, 2):  # torch.nn's cells: ValueError
-            raise ValueError(f"{name}: Expected the initial states to be 1D or 2D, got a {t.dim()}-D tensor "
-                             f"of shape {shape(t)}")
         if isinstance(t, Tensor) and t.dim() != want:
             kind = f"batched {input_dims}-D" if batched else f"unbatched {input_dims - 1}-D"
             raise RuntimeError(f"{name}: For {kind} input, the initial states should also be {want}-D "

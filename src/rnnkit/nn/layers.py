@@ -284,7 +284,8 @@ class RNN(RecurrentLayer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, engine: str = "auto") -> None:
+                 device=None, dtype=None, *, engine: str = "auto", proj_size=checks.NOT_GIVEN) -> None:
+        checks.no_projection("RNN", proj_size)
         checks.nonlinearity("RNN", nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, num_layers,
@@ -331,6 +332,7 @@ class GRU(RecurrentLayer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, engine: str = "auto") -> None:
+                 device=None, dtype=None, *, engine: str = "auto", proj_size=checks.NOT_GIVEN) -> None:
+        checks.no_projection("GRU", proj_size)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, engine=engine)
