@@ -90,7 +90,8 @@ def test_layer_wrong_h0_shape(torch_cls, kit_cls, case):
     expected = (1 if case == "width" else 2, B, H)
     given = (1, B, H + 1) if case == "width" else (1, B, H)
     hx = states(kit_cls, given, expected)  # c_0 (LSTM) is right: only h_0 is wrong
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected hidden size {shape_re(expected)}, "
+    label = r"hidden\[0\]" if is_lstm(kit_cls) else "hidden"
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected {label} size {shape_re(expected)}, "
                                     rf"got {re.escape(str(list(given)))} \(h_0 of shape {shape_re(given)}\)",
                       lambda m: m(torch.randn(T, B, I), hx), ref, kit)
 
@@ -111,7 +112,7 @@ def test_lstm_proj_state_widths(wrong):
         hx, what, expected, given = (torch.randn(1, B, H), torch.randn(1, B, H)), "h_0", (1, B, P), (1, B, H)
     else:
         hx, what, expected, given = (torch.randn(1, B, P), torch.randn(1, B, P)), "c_0", (1, B, H), (1, B, P)
-    label = "hidden" if what == "h_0" else r"hidden\[1\]"
+    label = r"hidden\[0\]" if what == "h_0" else r"hidden\[1\]"
     raises_like_torch(RuntimeError, rf"LSTM: Expected {label} size {shape_re(expected)}, "
                                     rf"got {re.escape(str(list(given)))} \({what} of shape {shape_re(given)}\)",
                       lambda m: m(torch.randn(T, B, I), hx), ref, kit)
@@ -123,7 +124,8 @@ def test_layer_batch_size_mismatch(torch_cls, kit_cls, batch_first):
     ref, kit = pair(torch_cls, kit_cls, I, H, batch_first=batch_first)
     x = torch.randn((B, T, I) if batch_first else (T, B, I))
     hx = states(kit_cls, (1, B + 1, H))
-    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected hidden size {shape_re((1, B, H))}, "
+    label = r"hidden\[0\]" if is_lstm(kit_cls) else "hidden"
+    raises_like_torch(RuntimeError, rf"{kit_cls.__name__}: Expected {label} size {shape_re((1, B, H))}, "
                                     rf"got {re.escape(str([1, B + 1, H]))} \(h_0 has batch size {B + 1} but the "
                                     rf"input has batch size {B}\)", lambda m: m(x, hx), ref, kit)
 

@@ -166,14 +166,15 @@ def lengths(name: str, lengths, num_steps: int, batch: int) -> Tensor:
     return lengths.cpu()
 
 
-def state(name: str, what: str, state: Tensor, expected: tuple[int, int, int], data: Tensor) -> None:
+def state(name: str, what: str, state: Tensor, expected: tuple[int, int, int], data: Tensor,
+          label: str = "hidden") -> None:
     """A layer's initial state against its expected shape (L*D, B, P) (and the input's dtype and device).
 
-    The message starts with torch.nn's words ("Expected hidden size", "hidden[1]" for c_0)."""
+    label is torch.nn's name for it, which its messages use: "hidden" (RNN, GRU), "hidden[0]" and
+    "hidden[1]" (LSTM's h_0 and c_0)."""
     if not isinstance(state, Tensor):
         raise TypeError(f"{name}: expected {what} to be a Tensor, got {type(state).__name__}")
     if shape(state) != expected:
-        label = "hidden[1]" if what == "c_0" else "hidden"
         detail = f"{what} of shape {shape(state)}"
         if state.dim() == 3 and state.shape[1] != expected[1]:
             detail = f"{what} has batch size {state.shape[1]} but the input has batch size {expected[1]}"

@@ -257,9 +257,9 @@ class RecurrentLayer(nn.Module):
         h0, c0 = hx if lstm else (hx, None)
         if unbatched:
             h0, c0 = h0.unsqueeze(1), None if c0 is None else c0.unsqueeze(1)
-        checks.state(name, "h_0", h0, h_shape, data)
+        checks.state(name, "h_0", h0, h_shape, data, "hidden[0]" if lstm else "hidden")
         if lstm:
-            checks.state(name, "c_0", c0, c_shape, data)
+            checks.state(name, "c_0", c0, c_shape, data, "hidden[1]")
         if packed is not None and packed.sorted_indices is not None:  # the engine sees sequences longest first
             order = packed.sorted_indices
             h0, c0 = h0.index_select(1, order), None if c0 is None else c0.index_select(1, order)
