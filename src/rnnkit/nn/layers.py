@@ -173,6 +173,25 @@ class RecurrentLayer(nn.Module):
         return [[tuple(getattr(self, f"{k}_l{layer}{suffix}", None) for k in kinds)
                  for suffix in ("", "_reverse")[: self.num_directions]] for layer in range(self.num_layers)]
 
+    def stream(self, batch_size: int | None = None, hx=None):
+        """A `rnnkit.nn.stream.Stream` that advances this layer one step or one chunk at a time.
+
+        It starts from hx (the layer's h_0 or (h_0, c_0)) or zeros, of batch_size sequences or
+        of the first input's batch. A bidirectional layer cannot stream (ValueError).
+
+        Example:
+            >>> import torch, rnnkit
+            >>> gru = rnnkit.GRU(4, 8, num_layers=2, batch_first=True)
+            >>> stream = gru.stream(batch_size=3)
+            >>> stream.step(torch.randn(3, 4)).shape, stream.chunk(torch.randn(3, 5, 4)).shape
+            (torch.Size([3, 8]), torch.Size([3, 5, 8]))
+            >>> stream.state.shape
+            torch.Size([2, 3, 8])
+        """
+        from .stream import Stream  # stream.py imports cells.py, which imports this module
+
+        return Stream(self, batch_size, hx)
+
     # ------------------------------------------------------------ forward
 
     def forward(self, input, hx=None, *, lengths=None):

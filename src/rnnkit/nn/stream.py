@@ -1,0 +1,163 @@
+"""Streaming: advance a multi-layer RNN, LSTM or GRU one step or one chunk at a time, state carried.
+
+For online speech and time-series models, where input arrives a frame at a time. Calling the layer
+with a sequence of one step pays the whole-sequence machinery per frame (and torch.nn.LSTM its
+oneDNN set-up); `Stream.step` runs each layer's step as plain torch ops, the step math of
+`rnnkit.cells` that rnnkit's cells run, so a step costs what a few cell calls cost.
+`Stream.chunk` runs the layer itself on a chunk of frames, from the carried state.
+
+The results equal one call of the layer on the whole sequence (tests/test_stream.py), in every
+form the layer takes (time-major, batch_first, unbatched), for any num_layers and proj_size. A
+bidirectional layer cannot stream: its reverse direction starts from the end of the sequence.
+
+Example:
+    >>> import torch, rnnkit
+    >>> lstm = rnnkit.LSTM(8, 16, num_layers=2).eval()
+    >>> x = torch.randn(10, 3, 8)  # (T, B, I)
+    >>> stream = lstm.stream()
+    >>> with torch.no_grad():
+    ...     y = [stream.step(x_t) for x_t in x[:6]]  # each (B, 16)
+    ...     rest = stream.chunk(x[6:])  # (4, B, 16)
+    ...     whole, (h_n, c_n) = lstm(x)
+    >>> torch.allclose(torch.cat([torch.stack(y), rest]), whole, atol=1e-6)
+    True
+    >>> torch.allclose(stream.state[0], h_n, atol=1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional
+
+from . import checks
+from .cells import STEPS
+
+
+class Stream:
+    """A layer's state, advanced by `step` (one frame) or `chunk` (several); made by `layer.stream()`.
+
+    The stream binds the layer's weights when it is made: it keeps the parameter tensors it found
+    then, so after changing the layer's parameters (loading other weights, moving the layer to
+    another dtype or device, training it), make a new stream.
+
+    Attributes:
+        layer: the rnnkit.RNN, LSTM or GRU the stream advances.
+    """
+
+    def __init__(self, layer, batch_size: int | None = None, hx=None) -> None:
+        name = type(layer).__name__
+        if layer.bidirectional:
+            raise ValueError(f"{name}: a bidirectional layer cannot stream: its reverse direction reads the "
+                             f"sequence from its end. Call the layer on the whole sequence, or build it with "
+                             f"bidirectional=False")
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                       or batch_size < 0):
+            raise ValueError(f"{name}: batch_size should be a non-negative int or None, got {batch_size!r}")
+        self.layer, self._name = layer, name
+        self._lstm = layer.mode == "LSTM"
+        step, kw = STEPS[layer.mode]
+        self._step = step
+        # per layer: (w_ih, b_ih, w_hh, b_hh, keyword arguments of the step)
+        self._layers = [(w_ih, b_ih, w_hh, b_hh, dict(kw, w_hr=w_hr) if w_hr is not None else kw)
+                        for ((w_ih, w_hh, b_ih, b_hh, w_hr),) in layer.layer_weights()]
+        self._weight = layer.weight_ih_l0
+        self._batch_size, self._hx = batch_size, hx
+        self.reset()
+
+    # ------------------------------------------------------------ state
+
+    def reset(self) -> None:
+        """Back to the state the stream was made with: hx, or zeros (of the first input's batch if no batch_size)."""
+        self._states: list[tuple[Tensor, ...]] | None = None  # per layer: (h (B, P),) or (h, c (B, H))
+        self._unbatched = False
+        if self._hx is not None:
+            h = self._hx[0] if self._lstm and isinstance(self._hx, (tuple, list)) else self._hx
+            unbatched = isinstance(h, Tensor) and h.dim() == 2
+            batch = 1 if unbatched else (h.shape[1] if isinstance(h, Tensor) and h.dim() == 3 else self._batch_size)
+            if self._batch_size is not None and batch != self._batch_size:
+                raise ValueError(f"{self._name}: batch_size={self._batch_size} but hx has batch size {batch}")
+            self._set(self._hx, unbatched, batch)
+        elif self._batch_size is not None:
+            self._set(None, False, self._batch_size)
+
+    @property
+    def state(self):
+        """h_n, or (h_n, c_n) for LSTM, in the layer's shapes: (num_layers, B, P), unbatched (num_layers, P).
+
+        None before the first step or chunk of a stream made without batch_size or hx."""
+        if self._states is None:
+            return None
+        stacked = [torch.stack(parts) for parts in zip(*self._states, strict=True)]  # (L, B, P), (L, B, H)
+        if self._unbatched:
+            stacked = [s.squeeze(1) for s in stacked]
+        return tuple(stacked) if self._lstm else stacked[0]
+
+    def _set(self, hx, unbatched: bool, batch: int) -> None:
+        """Validate hx (None for zeros) as the layer does and keep it per layer, as (B, P) rows."""
+        h0, c0 = self.layer.initial_states(hx, self._weight, batch, unbatched, None)  # (L, B, P), (L, B, H)
+        self._unbatched = unbatched
+        self._states = [(h0[k], c0[k]) if self._lstm else (h0[k],) for k in range(h0.shape[0])]
+
+    def _start(self, x: Tensor, unbatched: bool, batch: int) -> None:
+        """The first input of a stream made without batch_size or hx fixes its form."""
+        if self._states is None:
+            self._set(None, unbatched, batch)
+
+    # ------------------------------------------------------------ advancing
+
+    def step(self, x: Tensor) -> Tensor:
+        """One frame through every layer. x: (B, input_size), or (input_size,) for an unbatched stream.
+
+        Returns the top layer's output for the frame: (B, P) or (P,), P = proj_size or hidden_size."""
+        if not isinstance(x, Tensor) or x.dim() not in (1, 2):
+            checks.input_dims(f"{self._name} stream step", x, (1, 2))
+        self._start(x, x.dim() == 1, x.shape[0] if x.dim() == 2 else 1)
+        rows = x.unsqueeze(0) if x.dim() == 1 else x  # (B, I)
+        self._check_frame(x, rows)
+        layer = self.layer
+        dropout = layer.dropout if layer.training else 0.0
+        states = []
+        for k, ((w_ih, b_ih, w_hh, b_hh, kw), state) in enumerate(zip(self._layers, self._states, strict=True)):
+            if k and dropout > 0:
+                rows = functional.dropout(rows, dropout, training=True)  # between layers, as the layer does
+            xp = functional.linear(rows, w_ih, b_ih)  # (B, G*H)
+            new, _ = self._step(xp, state, w_hh, b_hh, keep=False, **kw)
+            states.append(new)
+            rows = new[0]  # (B, P)
+        self._states = states
+        return rows.squeeze(0) if self._unbatched else rows
+
+    def _check_frame(self, x: Tensor, rows: Tensor) -> None:
+        name = f"{self._name} stream step"
+        want = 1 if self._unbatched else 2
+        if x.dim() != want:
+            form = "an unbatched stream takes (input_size,)" if self._unbatched else "a batched stream takes (B, input_size)"
+            raise ValueError(f"{name}: {form}, got a {x.dim()}-D input of shape {tuple(x.shape)}")
+        batch = self._states[0][0].shape[0]
+        if rows.shape[0] != batch:
+            raise RuntimeError(f"{name}: the stream carries a batch of {batch}, got an input of batch "
+                               f"size {rows.shape[0]} (shape {tuple(x.shape)}); call reset() or make a new stream")
+        checks.input_matches_weights(name, rows, self._weight, self.layer.input_size)
+
+    def chunk(self, x: Tensor) -> Tensor:
+        """Several frames: the layer itself runs on x from the carried state, and carries its final state.
+
+        x has the layer's input form: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched.
+        Returns the layer's output for the chunk, in the same form."""
+        if isinstance(x, Tensor) and x.dim() in (2, 3):
+            batched = x.dim() == 3
+            self._start(x, not batched, (x.shape[0] if self.layer.batch_first else x.shape[1]) if batched else 1)
+        out, state = self.layer(x, self.state)
+        h, c = state if self._lstm else (state, None)
+        if self._unbatched:
+            h, c = h.unsqueeze(1), None if c is None else c.unsqueeze(1)
+        self._states = [(h[k], c[k]) if self._lstm else (h[k],) for k in range(h.shape[0])]
+        return out
+
+    def __repr__(self) -> str:
+        state = self.state
+        h = state[0] if self._lstm and state is not None else state
+        shape = "not started" if h is None else f"state {tuple(h.shape)}"
+        return f"Stream({self.layer!r}, {shape})"
