@@ -51,9 +51,9 @@ def forward(xp: Tensor, state: tuple[Tensor], w_hh: Tensor, b_hh: Tensor | None,
     hp = recurrent_product(h, w_hh, b_hh)  # (B, 3H)
     x_r, x_z, x_n = xp.unsafe_chunk(3, dim=1)  # unsafe: the parts are only read; skips view bookkeeping
     h_r, h_z, h_n = hp.unsafe_chunk(3, dim=1)
-    r = torch.sigmoid(x_r + h_r)
-    z = torch.sigmoid(x_z + h_z)
-    n = torch.tanh(x_n + r * h_n)
+    r = (x_r + h_r).sigmoid_()  # in place on the new sums, as torch's gru_cell does
+    z = (x_z + h_z).sigmoid_()
+    n = (x_n + r * h_n).tanh_()
     h_new = n + z * (h - n)  # = (1 - z) * n + z * h
     return (h_new,), torch.cat([r, z, n, h_n], dim=1) if keep else None
 

@@ -53,10 +53,12 @@ def forward(xp: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor
     keep=False returns None for the gates: a caller that lets autograd differentiate the step
     (rnnkit.nn's cells) needs no cache, and building it would be one more op per step."""
     h, c = state
-    a = xp + recurrent_product(h, w_hh, b_hh)  # (B, 4H); out of place, so vmap can batch xp alone
-    a_i, a_f, a_g, a_o = a.unsafe_chunk(4, dim=1)  # unsafe: the parts are only read; skips view bookkeeping
-    i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
-    c_new = torch.addcmul(f * c, i, g)  # f * c + i * g
+    a = xp + recurrent_product(h, w_hh, b_hh)  # (B, 4H), a new tensor nothing else holds
+    # Activated in place, as torch's own lstm_cell does: no new tensors. unsafe_chunk's parts are not
+    # views to autograd, and no backward reads the pre-activations a, so writing over them is safe.
+    a_i, a_f, a_g, a_o = a.unsafe_chunk(4, dim=1)
+    i, f, g, o = a_i.sigmoid_(), a_f.sigmoid_(), a_g.tanh_(), a_o.sigmoid_()
+    c_new = (f * c).addcmul_(i, g)  # f * c + i * g
     m = o * torch.tanh(c_new)  # (B, H)
     h_new = m if w_hr is None else m @ w_hr.t()  # (B, P) with a projection
     return (h_new, c_new), torch.cat([i, f, g, o], dim=1) if keep else None

@@ -52,7 +52,7 @@ def forward(xp: Tensor, state: tuple[Tensor], w_hh: Tensor, b_hh: Tensor | None,
     The cache is empty either way; keep is accepted so every family's forward takes it."""
     (h,) = state
     pre = xp + recurrent_product(h, w_hh, b_hh)  # (B, H)
-    h_new = torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
+    h_new = pre.tanh_() if nonlinearity == "tanh" else pre.relu_()  # in place on the new sum
     return (h_new,), ()
 
 
