@@ -53,8 +53,8 @@ def forward(xp: Tensor, state: tuple[Tensor], w_hh: Tensor, b_hh: Tensor | None,
     h_r, h_z, h_n = hp.unsafe_chunk(3, dim=1)
     r = (x_r + h_r).sigmoid_()  # in place on the new sums, as torch's gru_cell does
     z = (x_z + h_z).sigmoid_()
-    n = (x_n + r * h_n).tanh_()
-    h_new = n + z * (h - n)  # = (1 - z) * n + z * h
+    n = torch.addcmul(x_n, r, h_n).tanh_()  # tanh(x_n + r * h_n)
+    h_new = torch.lerp(n, h, z)  # n + z * (h - n) = (1 - z) * n + z * h, one op
     return (h_new,), torch.cat([r, z, n, h_n], dim=1) if keep else None
 
 
