@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import recurrent_product
+from .common import preactivation
 
 
 def forward(xp: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None,
@@ -53,7 +53,7 @@ def forward(xp: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor
     keep=False returns None for the gates: a caller that lets autograd differentiate the step
     (rnnkit.nn's cells) needs no cache, and building it would be one more op per step."""
     h, c = state
-    a = xp + recurrent_product(h, w_hh, b_hh)  # (B, 4H), a new tensor nothing else holds
+    a = preactivation(xp, h, w_hh, b_hh)  # (B, 4H), a new tensor nothing else holds
     # Activated in place, as torch's own lstm_cell does: no new tensors. unsafe_chunk's parts are not
     # views to autograd, and no backward reads the pre-activations a, so writing over them is safe.
     a_i, a_f, a_g, a_o = a.unsafe_chunk(4, dim=1)

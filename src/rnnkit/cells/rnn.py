@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import recurrent_product
+from .common import preactivation
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -51,7 +51,7 @@ def forward(xp: Tensor, state: tuple[Tensor], w_hh: Tensor, b_hh: Tensor | None,
 
     The cache is empty either way; keep is accepted so every family's forward takes it."""
     (h,) = state
-    pre = xp + recurrent_product(h, w_hh, b_hh)  # (B, H)
+    pre = preactivation(xp, h, w_hh, b_hh)  # (B, H), a new tensor
     h_new = pre.tanh_() if nonlinearity == "tanh" else pre.relu_()  # in place on the new sum
     return (h_new,), ()
 
