@@ -44,10 +44,8 @@ STEPS = {"RNN_TANH": (rnn.forward, {"nonlinearity": "tanh"}), "RNN_RELU": (rnn.f
 
 
 def runs_plain(engine: str) -> bool:
-    """Whether a cell built with `engine` runs its step as plain torch ops: "auto", outside a `use` block.
-
-    Under torch.compile always (Dynamo cannot read the context variable `use` sets)."""
-    return engine == "auto" and (torch.compiler.is_compiling() or engines._auto_engine.get() == "auto")
+    """Whether a cell built with `engine` runs its step as plain torch ops: "auto", outside a `use` block."""
+    return engine == "auto" and engines.auto_choice() == "auto"
 
 
 class RecurrentCell(nn.Module):
