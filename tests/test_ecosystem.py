@@ -384,3 +384,22 @@ def test_autocast_cpu_matches_torch(case, input_dtype, engine):
     loss = got[0].float().pow(2).sum()
     loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+@pytest.mark.parametrize("engine", ["auto", *ENGINES])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16], ids=["f32_input", "bf16_input"])
+@pytest.mark.parametrize("family", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_autocast_cpu_cells_match_torch(family, input_dtype, engine):
+    torch.manual_seed(13)
+    ours = getattr(rnnkit, family)(I, H, engine=engine)
+    theirs = getattr(torch.nn, family)(I, H)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(B, I).to(input_dtype)
+    hx = torch.randn(B, H).to(input_dtype)
+    hx = (hx, hx.clone()) if family == "LSTMCell" else hx
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = ours(x, hx), theirs(x, hx)
+    got, expected = (got, expected) if isinstance(got, tuple) else ((got,), (expected,))
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype, f"{family} on {engine}: rnnkit returns {a.dtype}, torch.nn {b.dtype}"
+        assert_close(a.to(torch.bfloat16), b.to(torch.bfloat16), "output", family)

@@ -2,13 +2,18 @@
 
 How a cell call runs (`runs_plain` is the one place this is decided):
 
-- `engine="auto"` (the default): the step is plain torch ops, the step math of
-  `rnnkit.cells.{rnn,lstm,gru}.forward` after one input product, and autograd differentiates it.
-  A cell call is one step of a loop the caller writes (decoders, attention, tutorials), where a
-  whole-sequence engine has nothing to fuse and costs its dispatch; plain ops cost what
-  torch.nn's cells cost, and give double backward, torch.func, torch.compile, torch.export,
-  jit.trace and ONNX export without further work. Inside `with rnnkit.engines.use(name):`
-  an auto cell runs engine `name` instead, as the layers do.
+- `engine="auto"` (the default): the step is torch's own step operator (`torch.lstm_cell`,
+  `torch.gru_cell`, `torch.rnn_tanh_cell`, `torch.rnn_relu_cell`: the step math of
+  `rnnkit.cells.{rnn,lstm,gru}.forward`, composed in C++; tests/test_cells.py checks the two agree),
+  and autograd differentiates it. A cell call is one step of a loop the caller writes (decoders,
+  attention, tutorials), where a whole-sequence engine has nothing to fuse and its dispatch is the
+  whole cost. Python overhead is the budget there: the same step as a dozen Python-level ops ran at
+  0.81-0.95x of torch.nn's cells where a call is overhead-bound; torch's operator plus the lean
+  checks below costs less than torch.nn's own module call. It gives double backward, torch.func,
+  torch.compile, torch.export, jit.trace, ONNX export and autocast exactly as torch.nn's cells have
+  them, and under torch.func transforms (which have no batching rule for torch's cell operators,
+  so torch.nn's cells fail under vmap) the same step as plain Python-level ops (`math_step`). Inside
+  `with rnnkit.engines.use(name):` an auto cell runs engine `name` instead, as the layers do.
 - `engine="reference" | "cpu" | "triton"`: the step runs on that engine (`engines.select`),
   a sequence of one step, with the engine's hand-derived backward.
 
@@ -41,6 +46,8 @@ from .layers import GATES
 # mode -> (the family's step math, its keyword arguments)
 STEPS = {"RNN_TANH": (rnn.forward, {"nonlinearity": "tanh"}), "RNN_RELU": (rnn.forward, {"nonlinearity": "relu"}),
          "LSTM": (lstm.forward, {}), "GRU": (gru.forward, {})}
+# mode -> torch's step operator for the same math: what an auto cell runs
+TORCH_STEPS = {"RNN_TANH": torch.rnn_tanh_cell, "RNN_RELU": torch.rnn_relu_cell, "GRU": torch.gru_cell}
 
 
 def runs_plain(engine: str) -> bool:
@@ -118,18 +125,33 @@ class RecurrentCell(nn.Module):
         return new if dims == 2 else tuple(s.squeeze(0) for s in new)
 
     def plain_step(self, x: Tensor, full: list[Tensor]) -> tuple[Tensor, ...]:
-        """One step as plain torch ops, differentiated by autograd. x: (B, I), full: [h (B, H), (c (B, H))]."""
+        """One step by torch's step operator, differentiated by autograd. x: (B, I), full: [h (B, H), (c (B, H))]."""
         p = self._parameters  # one dict lookup instead of nn.Module.__getattr__ per parameter
+        weights = p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
+        if torch._C._are_functorch_transforms_active():  # torch has no vmap rule for its cell operators
+            return self.math_step(x, full)
+        if self.mode == "LSTM":
+            return torch.lstm_cell(x, full, *weights)
+        return (TORCH_STEPS[self.mode](x, full[0], *weights),)
+
+    def math_step(self, x: Tensor, full: list[Tensor]) -> tuple[Tensor, ...]:
+        """The same step in rnnkit.cells' math as plain Python-level ops (tests check plain_step against it)."""
+        p = self._parameters
         xp = torch.nn.functional.linear(x, p["weight_ih"], p["bias_ih"])  # (B, G*H)
         return self._step(xp, tuple(full), p["weight_hh"], p["bias_hh"], keep=False, **self._step_kw)[0]
 
     def engine_step(self, x: Tensor, full: list[Tensor]) -> tuple[Tensor, ...]:
         """One step on the engine the cell names: a sequence of length one. x: (B, I)."""
-        x = x.to(self.weight_ih.dtype)  # a cast only under autocast, which the checks allow
+        dtype = self.weight_ih.dtype
+        if torch.is_autocast_enabled(x.device.type):  # the dtype torch's cell operators compute in there
+            low = torch.get_autocast_dtype(x.device.type)
+            dtype = low if self.mode.startswith("RNN") or x.dtype == low else dtype
+        weights = [None if w is None else w.to(dtype) for w in (self.weight_ih, self.weight_hh, self.bias_ih,
+                                                                 self.bias_hh)]
+        x, full = x.to(dtype), [s.to(dtype) for s in full]
         run_layer = engines.select(self.engine, x)
         h0, c0 = full[0], full[1] if len(full) > 1 else None
-        _, h, c = run_layer(self.mode, x, (x.shape[0],), h0, c0, self.weight_ih, self.weight_hh,
-                            self.bias_ih, self.bias_hh, None, reverse=False)
+        _, h, c = run_layer(self.mode, x, (x.shape[0],), h0, c0, *weights, None, reverse=False)
         return (h,) if c is None else (h, c)
 
 
