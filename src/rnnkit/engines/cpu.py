@@ -18,9 +18,9 @@ from .reference import NONLINEARITY
 from .reference import saved_shapes as reference_saved_shapes
 
 
-# bfloat16 (what torch.autocast gives on CPU) runs the float32 kernels on its values and rounds the
-# results back; products of bfloat16 values are exact in float32, so this is bfloat16 products with
-# float32 accumulation, and the state carried between steps keeps float32.
+# bfloat16 (what torch.autocast gives on CPU): the products over all steps (the input projection, dx)
+# run in bfloat16 (oneDNN's bfloat16 kernels, where the CPU has them); the time loop runs the float32
+# kernels on the bfloat16 values, and the state carried between steps keeps float32.
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -93,6 +93,8 @@ ONEDNN_MIN_MACS = 1 << 22
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     """x w^T + b for (N, K) x and (M, K) w. (N, M)"""
+    if w.dtype == torch.bfloat16:  # the bfloat16 path's products over all steps: bfloat16 operands, float32 result
+        return torch.nn.functional.linear(x.to(w.dtype), w, b).float()
     big = x.shape[0] * x.shape[1] * w.shape[0] >= ONEDNN_MIN_MACS
     op = _onednn_linear() if x.dtype == torch.float32 and big else None
     if op is None:
@@ -316,9 +318,9 @@ def narrowed(tensors, like) -> list[Tensor | None]:
 
 def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """One layer, one direction, no autograd: out, h_n, c_n (None unless LSTM), saved (as the reference engine's)."""
-    if x.dtype == torch.bfloat16:
-        out, h, c, saved = forward(mode, *widened(x), batch_sizes, *widened(h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
-                                   reverse)
+    if x.dtype == torch.bfloat16:  # W_ih and b_ih stay bfloat16: `linear` forms xp with bfloat16 products
+        out, h, c, saved = forward(mode, *widened(x), batch_sizes, *widened(h0, c0), w_ih,
+                                   *widened(w_hh), b_ih, *widened(b_hh, w_hr), reverse)
         return *narrowed((out, h, c), (x, h0, c0)), saved  # saved stays float32 for the backward
     if mode == "LSTM":
         out, h, c, cs, gates = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
@@ -335,8 +337,8 @@ def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
     """BPTT for `forward`: dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr (None where absent or not needed)."""
     if x.dtype == torch.bfloat16:
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        grads = backward(mode, *widened(*inputs[:1]), batch_sizes, *widened(*inputs[1:]), reverse,
-                         *widened(out), saved, *widened(d_out, d_h_n, d_c_n), need_dx)
+        grads = backward(mode, *widened(x), batch_sizes, *widened(h0, c0), w_ih, *widened(w_hh, b_ih, b_hh, w_hr),
+                         reverse, *widened(out), saved, *widened(d_out, d_h_n, d_c_n), need_dx)
         return narrowed(grads, inputs)
     has_bias = b_ih is not None
     if mode == "LSTM":
