@@ -7,7 +7,6 @@ in summation order, so the weights agree within the float32 gradient tolerance.
 
 from __future__ import annotations
 
-import glob
 import os
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from rnnkit.testing import assert_close
+from rnnkit.testing import assert_close, event_scalars
 
 TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(40))
 
@@ -107,16 +106,6 @@ KILLED = {  # (arguments, step to kill at): checkpoints every 3 steps, training-
 }
 
 
-def event_scalars(folder) -> list[tuple[str, int, float]]:
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-    from tensorboard.compat.proto import event_pb2
-
-    out = []
-    for name in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
-        for record in RawEventFileLoader(name).Load():
-            event = event_pb2.Event.FromString(record)
-            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
-    return sorted(out)
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "ddp"])

@@ -7,7 +7,6 @@ The kill-and-resume comparisons of the weights and logs themselves are in tests/
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import random
@@ -27,6 +26,7 @@ from rnnkit.train.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
 from rnnkit.train.files import atomic_write_text, lock_folder, unlock
 from rnnkit.train.runlog import RunFolder, RunFolderError
 from rnnkit.train.trainer import Trainer
+from rnnkit.testing import event_scalars
 
 pytestmark = pytest.mark.usefixtures("one_thread", "in_tmp")  # tests/conftest.py
 
@@ -44,17 +44,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def event_scalars(folder: Path) -> list[tuple[str, int, float]]:
-    """Every (tag, step, value) in the folder's TensorBoard files, as any reader sees them (sorted)."""
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-    from tensorboard.compat.proto import event_pb2
-
-    out = []
-    for name in sorted(glob.glob(str(folder / "events.out.tfevents.*"))):
-        for record in RawEventFileLoader(name).Load():
-            event = event_pb2.Event.FromString(record)
-            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
-    return sorted(out)
 
 
 def adding_config(**train) -> RunConfig:

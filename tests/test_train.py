@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 
@@ -11,7 +10,7 @@ import torch
 
 from rnnkit.tasks import make_task
 from rnnkit.tasks.lm import LanguageModelTask
-from rnnkit.testing import assert_close
+from rnnkit.testing import assert_close, event_scalars
 from rnnkit.train import checkpoint as ckpt
 from rnnkit.train import tbptt
 from rnnkit.train.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
@@ -128,17 +127,6 @@ def interrupt_at(task, step: int):
     task.loss = killing_loss
 
 
-def event_scalars(folder) -> list[tuple[str, int, float]]:
-    """Every (tag, step, value) in a run folder's TensorBoard files, as any reader sees them (sorted)."""
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-    from tensorboard.compat.proto import event_pb2
-
-    out = []
-    for name in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
-        for record in RawEventFileLoader(name).Load():
-            event = event_pb2.Event.FromString(record)
-            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
-    return sorted(out)
 
 
 @pytest.mark.parametrize("kind,kill_at", [("lm", 6), ("lm", 13), ("adding", 5), ("adding", 9)],

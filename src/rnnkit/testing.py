@@ -43,3 +43,20 @@ def assert_close(actual: Tensor, expected: Tensor, kind: str = "output", what: s
     err = relative_error(actual, expected)
     if not err <= rtol:
         raise AssertionError(f"{what}: relative error {err:.3g} exceeds {rtol:g} ({kind}, {actual.dtype})")
+
+
+def event_scalars(folder) -> list[tuple[str, int, float]]:
+    """Every (tag, step, value) in a run folder's TensorBoard files, as any reader sees them (sorted):
+    what the kill-and-resume tests compare between a resumed run and an uninterrupted one."""
+    import glob
+    import os
+
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+
+    out = []
+    for name in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        for record in RawEventFileLoader(name).Load():
+            event = event_pb2.Event.FromString(record)
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return sorted(out)

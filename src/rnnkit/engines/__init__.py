@@ -28,7 +28,7 @@ import contextvars
 import torch
 from torch import Tensor
 
-from . import aten, cpu, ops, reference, triton, tune
+from . import aten, cpu, ops, reference, triton, tune  # noqa: F401  (ops registers the operators)
 
 ENGINES = {"reference": reference, "cpu": cpu, "aten": aten, "triton": triton}
 ENGINE_NAMES = ("auto", *ENGINES)
