@@ -241,7 +241,7 @@ def compiled_equals_eager(model, x):
         assert_close(a, b, "grad", "compiled")
 
 
-@pytest.mark.parametrize("engine", [*ENGINES, "triton"])
+@pytest.mark.parametrize("engine", ["auto", *ENGINES, "triton"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_compile_fullgraph_without_breaks(family, engine):
     if engine == "triton" and family != "lstm":
@@ -258,7 +258,7 @@ def test_compile_cells_in_a_loop(engine):
     compiled_equals_eager(CellModel(engine), torch.randn(3, 2, 4))
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ["auto", *ENGINES])
 @pytest.mark.parametrize("option", ["plain", "bidir_2layers_dropout", "batch_first", "proj", "with_h0"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_dynamic_batch_and_time(family, option, engine):
