@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .reference import NONLINEARITY
+from .reference import NONLINEARITY, backward_by_mode
 from .reference import saved_shapes as reference_saved_shapes
 
 
@@ -223,7 +223,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearit
     return out, h
 
 
-def rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, nonlinearity, out, d_out, d_h_n, need_dx):
+def rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, nonlinearity, out, saved, d_out, d_h_n,
+                 need_dx):  # saved: () for RNN
     sizes, offsets = plan(batch_sizes)
     dpre, hprev, dh = empty(x, *out.shape), empty(x, *out.shape), d_h_n.clone(memory_format=torch.contiguous_format)
     fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(w_hh), arr(h0), arr(out), arr(d_out), arr(dh), sizes,
@@ -252,8 +253,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
     return out, h, c, cs, gates
 
 
-def lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, cs, gates, d_out, d_h_n, d_c_n,
+def lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, saved, d_out, d_h_n, d_c_n,
                   need_dx):
+    cs, gates = saved
     sizes, offsets = plan(batch_sizes)
     hidden = c0.shape[1]
     dgates, hprev, dh_total = empty(x, *gates.shape), empty(x, *out.shape), empty(x, *out.shape)
@@ -283,7 +285,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
     return out, h, cache
 
 
-def gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, cache, d_out, d_h_n, need_dx):
+def gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, saved, d_out, d_h_n, need_dx):
+    (cache,) = saved
     sizes, offsets = plan(batch_sizes)
     hidden = h0.shape[1]
     dxp, dhp_n = empty(x, out.shape[0], 3 * hidden), empty(x, out.shape[0], hidden)
@@ -340,14 +343,8 @@ def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
         grads = backward(mode, *widened(x), batch_sizes, *widened(h0, c0), w_ih, *widened(w_hh, b_ih, b_hh, w_hr),
                          reverse, *widened(out), saved, *widened(d_out, d_h_n, d_c_n), need_dx)
         return narrowed(grads, inputs)
-    has_bias = b_ih is not None
-    if mode == "LSTM":
-        return lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, *saved, d_out, d_h_n,
-                             d_c_n, need_dx)
-    if mode == "GRU":
-        return gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, *saved, d_out, d_h_n, need_dx)
-    return rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, NONLINEARITY[mode], out, d_out, d_h_n,
-                        need_dx)
+    return backward_by_mode((rnn_backward, lstm_backward, gru_backward), mode, x, batch_sizes, h0, c0, w_ih, w_hh,
+                            b_ih, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n, need_dx)
 
 
 def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool, batch: int = 0):

@@ -273,14 +273,23 @@ def forward(mode: str, x: Tensor, batch_sizes: tuple[int, ...], h0: Tensor, c0: 
 def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n,
              need_dx: bool):
     """BPTT for `forward`. Returns dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr (None where absent or not needed)."""
+    return backward_by_mode((rnn_backward, lstm_backward, gru_backward), mode, x, batch_sizes, h0, c0, w_ih, w_hh,
+                            b_ih, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n, need_dx)
+
+
+def backward_by_mode(families, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, w_hr, reverse, out, saved, d_out,
+                     d_h_n, d_c_n, need_dx: bool):
+    """An engine's `backward`: the family's backward of `families` = (rnn, lstm, gru), which every engine
+    writes with these arguments, `saved` being the tuple its forward saved."""
+    rnn_bw, lstm_bw, gru_bw = families
     has_bias = b_ih is not None
     if mode == "LSTM":
-        return lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, saved, d_out, d_h_n,
-                             d_c_n, need_dx)
+        return lstm_bw(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, saved, d_out, d_h_n, d_c_n,
+                       need_dx)
     if mode == "GRU":
-        return gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, saved, d_out, d_h_n, need_dx)
-    return rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, NONLINEARITY[mode], out, saved, d_out,
-                        d_h_n, need_dx)
+        return gru_bw(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, saved, d_out, d_h_n, need_dx)
+    return rnn_bw(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, NONLINEARITY[mode], out, saved, d_out, d_h_n,
+                  need_dx)
 
 
 def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool,

@@ -41,7 +41,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .reference import NONLINEARITY, input_projection
+from .reference import NONLINEARITY, backward_by_mode, input_projection
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -366,7 +366,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearit
     return out, h_n
 
 
-def rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, nonlinearity, out, d_out, d_h_n, need_dx):
+def rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, nonlinearity, out, saved, d_out, d_h_n,
+                 need_dx):  # saved: () for RNN
     hidden = w_hh.shape[0]
     dpre = empty(x, out.shape[0], hidden)  # (N, H) = dxp = dhp
     d_state = d_h_n.detach().to(torch.float32, copy=True)  # (B, H): d_h_n in, dh_0 out
@@ -419,8 +420,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
     return out, h_n, c_n, cs, gates, m
 
 
-def lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, cs, gates, m, d_out, d_h_n,
-              d_c_n, need_dx):
+def lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, saved, d_out, d_h_n,
+                  d_c_n, need_dx):
+    cs, gates, m = saved
     hidden, proj, n = c0.shape[1], h0.shape[1], x.shape[0]
     has_proj = w_hr is not None
     dgates = empty(x, n, 4 * hidden)  # (N, 4H) = dxp = dhp
@@ -473,7 +475,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
     return out, h_n, cache
 
 
-def gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, cache, d_out, d_h_n, need_dx):
+def gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, saved, d_out, d_h_n, need_dx):
+    (cache,) = saved
     hidden, n = h0.shape[1], x.shape[0]
     dxp, dhp_n = empty(x, n, 3 * hidden), empty(x, n, hidden)  # dhp = [dxp_r, dxp_z, dhp_n]
     d_state = d_h_n.detach().to(torch.float32, copy=True)  # (B, H): d_h_n in, dh_0 out
@@ -518,14 +521,8 @@ def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n,
              need_dx: bool):
     """BPTT for `forward`: dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr (None where absent or not needed)."""
-    batch_sizes, has_bias = tuple(int(b) for b in batch_sizes), b_ih is not None
-    if mode == "LSTM":
-        return lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, out, *saved, d_out, d_h_n,
-                             d_c_n, need_dx)
-    if mode == "GRU":
-        return gru_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, out, *saved, d_out, d_h_n, need_dx)
-    return rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, NONLINEARITY[mode], out, d_out, d_h_n,
-                        need_dx)
+    return backward_by_mode((rnn_backward, lstm_backward, gru_backward), mode, x, tuple(int(b) for b in batch_sizes),
+                            h0, c0, w_ih, w_hh, b_ih, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n, need_dx)
 
 
 def saved_shapes(mode: str, n: int, hidden: int, dtype: torch.dtype, has_proj: bool, batch: int = 0):
