@@ -1,0 +1,205 @@
+"""The sLSTM family (rnnkit.cells.slstm, rnnkit.engines.slstm, rnnkit.nn.slstm): the equivalence chain.
+
+(1) The reference engine's hand-derived BPTT == autograd on the equations written below in plain torch
+    ops (independent of the package's code): float64 gradcheck of the operator, float32 equality of
+    every output and every gradient under random upstream gradients on out and all four final states.
+(2) The cpu engine (Numba) and the triton engine (under TRITON_INTERPRET=1) == the reference engine,
+    with their output buffers poisoned with NaN.
+(3) The layer rnnkit.nn.SLSTM runs and backpropagates in every input form.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported (see tests/test_triton_engine.py)
+
+import importlib  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+from rnnkit.engines import variant_ops  # noqa: E402
+from rnnkit.engines.slstm import cpu as slstm_cpu  # noqa: E402
+from rnnkit.engines.slstm import triton as slstm_triton  # noqa: E402
+from rnnkit.testing import assert_close  # noqa: E402
+
+FAMILY = "slstm"
+STATE_NAMES = ("h", "c", "n", "m")
+
+
+# ---------------------------------------------------------------- the equations, written here
+
+
+def block_product(h, r, heads):
+    """hr[:, q*H + k*dh + u] = sum_v r[q*H + k*dh + u, v] h[:, k*dh + v], head by head and gate by gate."""
+    hidden = h.shape[1]
+    dh = hidden // heads
+    parts = [[None] * heads for _ in range(4)]
+    for q in range(4):
+        for k in range(heads):
+            rows = r[q * hidden + k * dh:q * hidden + (k + 1) * dh]  # (dh, dh)
+            parts[q][k] = h[:, k * dh:(k + 1) * dh] @ rows.t()
+    return torch.cat([torch.cat(p, dim=1) for p in parts], dim=1)
+
+
+def equations(xp, batch_sizes, states, r, heads, reverse):
+    """xLSTM's sLSTM over packed rows; rows beyond batch_sizes[t] keep their state. (out, [h, c, n, m])"""
+    h, c, n, m = states
+    offsets = [sum(batch_sizes[:t]) for t in range(len(batch_sizes))]
+    outs = [None] * len(batch_sizes)
+    order = range(len(batch_sizes) - 1, -1, -1) if reverse else range(len(batch_sizes))
+    for t in order:
+        bs = batch_sizes[t]
+        a = xp[offsets[t]:offsets[t] + bs] + block_product(h[:bs], r, heads)
+        a_i, a_f, a_z, a_o = a.chunk(4, dim=1)
+        lf = F.logsigmoid(a_f)
+        m_new = torch.maximum(lf + m[:bs], a_i)
+        i = torch.exp(a_i - m_new)
+        f = torch.exp(lf + m[:bs] - m_new)
+        c_new = f * c[:bs] + i * torch.tanh(a_z)
+        n_new = f * n[:bs] + i
+        h_new = torch.sigmoid(a_o) * c_new / n_new
+        h, c, n, m = (torch.cat([new, old[bs:]]) for new, old in ((h_new, h), (c_new, c), (n_new, n), (m_new, m)))
+        outs[t] = h_new
+    return torch.cat(outs), [h, c, n, m]
+
+
+# ---------------------------------------------------------------- inputs
+
+
+PACKINGS = {
+    "T1": (3,),
+    "padded_T4": (2,) * 4,
+    "B1_T5": (1,) * 5,
+}
+SHAPES = {"H4-K1": (4, 1), "H6-K2": (6, 2), "H10-K2": (10, 2)}  # H10-K2: dh = 5, odd
+
+
+def unsorted_packing(lengths=(5, 2, 4, 1)):
+    """batch_sizes of pack_padded_sequence(enforce_sorted=False) for unsorted lengths: (4, 3, 2, 2, 1)."""
+    packed = pack_padded_sequence(torch.zeros(max(lengths), len(lengths), 1), torch.tensor(lengths),
+                                  enforce_sorted=False)
+    return tuple(packed.batch_sizes.tolist())
+
+
+PACKINGS["packed_unsorted"] = unsorted_packing()
+
+
+def make_inputs(batch_sizes, hidden, heads, dtype=torch.float32, scale=1.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, s=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * s + shift).to(dtype).requires_grad_()
+
+    b, n = batch_sizes[0], sum(batch_sizes)
+    xp = rnd(n, 4 * hidden, s=scale)
+    states = [rnd(b, hidden, s=0.5), rnd(b, hidden), (torch.rand(b, hidden, generator=gen, dtype=torch.float64)
+                                                     + 0.5).to(dtype).requires_grad_(), rnd(b, hidden, s=0.5)]
+    r = rnd(4 * hidden, hidden // heads, s=0.5)
+    return xp, states, r
+
+
+def upstream(out, states_n, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype) for t in (out, *states_n)]
+
+
+def run(engine, xp, batch_sizes, states, r, heads, reverse):
+    return variant_ops.run(FAMILY, engine, f"heads={heads}", xp, batch_sizes, states, [r], [], reverse)
+
+
+def outputs_and_grads(fn, xp, states, r):
+    out, states_n = fn()
+    results = [out, *states_n]
+    grads = torch.autograd.grad(results, [xp, *states, r], upstream(out, states_n))
+    return results, grads
+
+
+def assert_all_close(actual, expected, label):
+    (out_a, grads_a), (out_e, grads_e) = actual, expected
+    for name, a, e in zip(("out", *(f"{s}_n" for s in STATE_NAMES)), out_a, out_e, strict=True):
+        assert_close(a, e, "output", f"{label} {name}")
+    for name, a, e in zip(("xp", *(f"{s}0" for s in STATE_NAMES), "r"), grads_a, grads_e, strict=True):
+        assert_close(a, e, "grad", f"{label} d{name}")
+
+
+# ---------------------------------------------------------------- (1) reference == the equations
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("packing", PACKINGS)
+def test_reference_matches_equations(packing, shape, reverse):
+    batch_sizes, (hidden, heads) = PACKINGS[packing], SHAPES[shape]
+    xp, states, r = make_inputs(batch_sizes, hidden, heads)
+    got = outputs_and_grads(lambda: run("reference", xp, batch_sizes, states, r, heads, reverse), xp, states, r)
+    want = outputs_and_grads(lambda: equations(xp, batch_sizes, states, r, heads, reverse), xp, states, r)
+    assert_all_close(got, want, f"{packing} {shape}")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_reference_gradcheck_float64(reverse):
+    batch_sizes, hidden, heads = PACKINGS["packed_unsorted"], 4, 2
+    xp, states, r = make_inputs(batch_sizes, hidden, heads, torch.float64)
+
+    def fn(xp, h, c, n, m, r):
+        out, states_n = run("reference", xp, batch_sizes, [h, c, n, m], r, heads, reverse)
+        return out, *states_n
+
+    assert torch.autograd.gradcheck(fn, (xp, *states, r))
+
+
+def test_tie_in_the_max_splits_the_gradient_in_halves():
+    """Where lf + m == i~ exactly, m' = max(.) sends half its gradient to each side, as torch.maximum."""
+    hidden = 2
+    xp = torch.zeros(1, 4 * hidden, dtype=torch.float64, requires_grad=True)
+    h0 = torch.zeros(1, hidden, dtype=torch.float64, requires_grad=True)
+    m0 = torch.full((1, hidden), -F.logsigmoid(torch.tensor(0.0, dtype=torch.float64)).item(),
+                    dtype=torch.float64, requires_grad=True)  # lf + m = 0 = i~
+    c0, n0 = (torch.rand(1, hidden, dtype=torch.float64).add(0.5).requires_grad_() for _ in range(2))
+    r = torch.randn(4 * hidden, hidden, dtype=torch.float64, requires_grad=True)
+    states = [h0, c0, n0, m0]
+    got = outputs_and_grads(lambda: run("reference", xp, (1,), states, r, 1, False), xp, states, r)
+    want = outputs_and_grads(lambda: equations(xp, (1,), states, r, 1, False), xp, states, r)
+    assert_all_close(got, want, "tie")
+
+
+def test_gradgradcheck_once():
+    batch_sizes, hidden, heads = (2, 1), 2, 1
+    xp, states, r = make_inputs(batch_sizes, hidden, heads, torch.float64)
+
+    def fn(xp, h, c, n, m, r):
+        out, states_n = run("reference", xp, batch_sizes, [h, c, n, m], r, heads, False)
+        return out, *states_n
+
+    assert torch.autograd.gradgradcheck(fn, (xp, *states, r))
+
+
+def test_large_preactivations_stay_finite():
+    """xp scaled by 30: exp(i~) alone would overflow float32; the stabiliser keeps every gate <= 1."""
+    batch_sizes, hidden, heads = (3,) * 6, 8, 2
+    xp, states, r = make_inputs(batch_sizes, hidden, heads, scale=30.0)
+    states = [torch.zeros_like(s).requires_grad_() for s in states]  # the layer's default: all zeros
+    for engine in ("reference", "cpu"):
+        (results, grads) = outputs_and_grads(lambda: run(engine, xp, batch_sizes, states, r, heads, False),
+                                             xp, states, r)
+        for t in (*results, *grads):
+            assert torch.isfinite(t).all(), engine
+
+
+def test_compile_fullgraph_no_graph_break():
+    batch_sizes, hidden, heads = (2,) * 3, 4, 2
+    xp, states, r = make_inputs(batch_sizes, hidden, heads)
+
+    def fn(xp, h, c, n, m, r):
+        out, states_n = variant_ops.run(FAMILY, "reference", "heads=2", xp, None, [h, c, n, m], [r], [], False)
+        return out, *states_n
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    got = compiled(xp, *states, r)
+    want = fn(xp, *states, r)
+    for a, e in zip(got, want, strict=True):
+        assert_close(a, e, "output", "compiled")
