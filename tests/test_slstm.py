@@ -203,3 +203,31 @@ def test_compile_fullgraph_no_graph_break():
     want = fn(xp, *states, r)
     for a, e in zip(got, want, strict=True):
         assert_close(a, e, "output", "compiled")
+
+
+# ---------------------------------------------------------------- (2) the fast engines == reference
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the comparison."""
+    nan = lambda like, *shape, dtype=None: torch.full(shape, float("nan"), dtype=dtype or like.dtype)  # noqa: E731
+    monkeypatch.setattr(slstm_cpu, "empty", nan)
+    monkeypatch.setattr(slstm_triton, "empty", nan)
+
+
+def compare_with_reference(engine, packing, shape, reverse, dtype=torch.float32):
+    batch_sizes, (hidden, heads) = PACKINGS[packing], SHAPES[shape]
+    xp, states, r = make_inputs(batch_sizes, hidden, heads, dtype)
+    got = outputs_and_grads(lambda: run(engine, xp, batch_sizes, states, r, heads, reverse), xp, states, r)
+    want = outputs_and_grads(lambda: run("reference", xp, batch_sizes, states, r, heads, reverse), xp, states, r)
+    assert_all_close(got, want, f"{engine} {packing} {shape}")
+
+
+@pytest.mark.usefixtures("poison")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("packing", PACKINGS)
+def test_cpu_matches_reference(packing, shape, reverse, dtype):
+    compare_with_reference("cpu", packing, shape, reverse, dtype)
