@@ -231,3 +231,73 @@ def compare_with_reference(engine, packing, shape, reverse, dtype=torch.float32)
 @pytest.mark.parametrize("packing", PACKINGS)
 def test_cpu_matches_reference(packing, shape, reverse, dtype):
     compare_with_reference("cpu", packing, shape, reverse, dtype)
+
+
+def interpreted() -> bool:
+    """Whether the Triton kernels run under the interpreter in this process (the only way without a GPU)."""
+    try:
+        kernels = importlib.import_module("rnnkit.engines.triton_kernels")
+    except ImportError:
+        return False
+    return kernels.INTERPRETED
+
+
+needs_interpreter = pytest.mark.skipif(not interpreted(), reason="Triton is absent, or its kernels were decorated "
+                                                                 "for the GPU (TRITON_INTERPRET is not 1)")
+
+
+@needs_interpreter
+@pytest.mark.usefixtures("poison")
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("packing", PACKINGS)
+def test_triton_matches_reference(packing, shape, reverse):
+    compare_with_reference("triton", packing, shape, reverse)
+
+
+@needs_interpreter
+@pytest.mark.usefixtures("poison")
+def test_triton_several_row_tiles_and_column_tiles(monkeypatch):
+    """B = 18 > 16 rows per program; dh = 5 with 4-unit column tiles: two tiles, the last one partial."""
+    monkeypatch.setattr(slstm_triton, "MAX_BLOCK", 4)
+    monkeypatch.setattr(slstm_triton, "pow2", lambda n: 4)
+    PACKINGS["B18"] = (18, 17, 3)
+    try:
+        compare_with_reference("triton", "B18", "H10-K2", False)
+    finally:
+        del PACKINGS["B18"]
+
+
+COMPILE_SCRIPT = '''
+import inspect, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from rnnkit.engines.slstm import triton_kernels as K
+count = 0
+for fn in (K.slstm_forward, K.slstm_backward):
+    for block in (16, 64):
+        for precision in ("tf32x3", "ieee"):
+            const = dict(REVERSE=True, PRECISION=precision, BLOCK_B=16, BLOCK_U=block, BLOCK_V=block)
+            names = list(inspect.signature(fn.fn).parameters)
+            sig = {n: "constexpr" if n in const else "i32" if n in ("T", "H", "DH") else
+                   "*i32" if n in ("sizes_ptr", "offsets_ptr") else "*fp32" for n in names}
+            kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v
+                                                                               for k, v in const.items()}),
+                                    target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+            assert kernel.metadata.shared <= 232448, kernel.metadata.shared  # an H100/H200 block's limit
+            count += 1
+print(f"compiled {count}")
+'''
+
+
+def test_triton_kernels_compile_for_h100():
+    """The interpreter misses what only the compiler rejects: compile both kernels for sm_90, no GPU needed."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "compiled 8" in result.stdout

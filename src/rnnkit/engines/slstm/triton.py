@@ -1,3 +1,91 @@
-"""stub"""
-def why_not(x):
-    return "not yet"
+"""sLSTM, Triton engine: the reference engine's algorithm as two GPU kernels (triton_kernels.py).
+
+Same signature and saved tensors as rnnkit.engines.slstm.reference. One launch runs the whole
+forward, one the whole backward: a program per (tile of 16 batch rows, head) owns its head for
+every step (heads never read each other's state). What stays in torch: the weight gradient summed
+over steps, one batched product over heads.
+
+float32 only (the state, the saved tensors and the gate arithmetic are float32 anyway; 16-bit
+inputs are not supported yet). Under TRITON_INTERPRET=1 the kernels run on CPU tensors (the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...cells import slstm
+from ..triton import _import_error, layout, pow2, precision
+from .cpu import previous_h
+from .reference import check, saved_shapes  # noqa: F401  (the same tensors as the reference engine)
+
+DTYPES = (torch.float32,)
+BLOCK_B = 16  # rows per program: tl.dot needs at least 16
+MAX_BLOCK = 64  # column tiles of a head: up to 64 units (and 64 of the product's K) at a time
+
+
+def kernels():
+    """The kernel module, imported on first use (decorating the kernels reads TRITON_INTERPRET then)."""
+    from . import triton_kernels
+    return triton_kernels
+
+
+def why_not(x: Tensor) -> str | None:
+    if (err := _import_error()) is not None:
+        return err
+    if x.dtype not in DTYPES:
+        return f"its sLSTM kernels support float32, got {x.dtype}"
+    from .. import triton_kernels as stock
+    if x.device.type == "cuda" and stock.INTERPRETED:
+        return "its kernels were loaded for Triton's interpreter (TRITON_INTERPRET=1), which takes CPU tensors"
+    if x.device.type == "cuda" or (x.device.type == "cpu" and stock.INTERPRETED):
+        return None
+    return f"it needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), got a tensor on {x.device}"
+
+
+def empty(like: Tensor, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Every buffer the kernels write to comes from here (tests poison it with NaN)."""
+    return like.new_empty(shape, dtype=dtype)
+
+
+def contiguous_copy(t: Tensor) -> Tensor:
+    return t.detach().clone(memory_format=torch.contiguous_format)
+
+
+def launch(kernel, args, batch: int, heads: int, dh: int, batch_sizes, reverse: bool, like: Tensor) -> None:
+    block = min(MAX_BLOCK, pow2(dh))
+    grid = (triton_cdiv(batch, BLOCK_B), heads)
+    kernel[grid](*args, len(batch_sizes), heads * dh, dh, REVERSE=reverse, PRECISION=precision(like),
+                 BLOCK_B=BLOCK_B, BLOCK_U=block, BLOCK_V=block)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def forward(config, xp, batch_sizes, states, params, masks, reverse):
+    heads = check(config, states, params)
+    sizes, offsets = layout(batch_sizes, xp.device)
+    n, (batch, hidden) = xp.shape[0], states[0].shape
+    out, cs, ns, ms = (empty(xp, n, hidden) for _ in range(4))
+    pre, h_n = empty(xp, n, 4 * hidden), empty(xp, batch, hidden)
+    h_n.copy_(states[0])  # rows beyond a step's batch size keep their state; the kernel writes the rest
+    c, nn, m = (contiguous_copy(s) for s in states[1:])
+    args = (xp.contiguous(), params[0].contiguous(), states[0].contiguous(), out, h_n, c, nn, m, cs, ns, ms, pre,
+            sizes, offsets)
+    launch(kernels().slstm_forward, args, batch, heads, hidden // heads, batch_sizes, reverse, xp)
+    return out, [h_n, c, nn, m], (cs, ns, ms, pre)
+
+
+def backward(config, xp, batch_sizes, states, params, masks, reverse, out, saved, d_out, d_states_n):
+    heads = check(config, states, params)
+    sizes, offsets = layout(batch_sizes, xp.device)
+    batch, hidden = states[0].shape
+    cs, ns, ms, pre = saved
+    dh, dc, dn, dm = (contiguous_copy(d) for d in d_states_n)
+    dxp = empty(xp, xp.shape[0], 4 * hidden)
+    args = (params[0].contiguous(), *(s.contiguous() for s in states[1:]), out, cs, ns, ms, pre, d_out.contiguous(),
+            dh, dc, dn, dm, dxp, sizes, offsets)
+    launch(kernels().slstm_backward, args, batch, heads, hidden // heads, batch_sizes, reverse, xp)
+    dr = slstm.weight_grad(dxp, previous_h(out, states[0], batch_sizes, reverse), heads)
+    return dxp, [dh, dc, dn, dm], [dr]
