@@ -169,6 +169,12 @@ def resolve(family_name: str, name: str, x: Tensor) -> str:
     """The engine that runs family `family_name` for input x: "auto" picks triton on CUDA, else cpu, else
     reference; a named engine runs or raises saying why not. "aten" (torch's fused LSTM) has no kernel for
     these cells and hands them to cpu, as it does every call it cannot run."""
+    return resolve_for(family_name, name, x.device.type, x.dtype)
+
+
+def resolve_for(family_name: str, name: str, device_type: str, dtype: torch.dtype) -> str:
+    """`resolve` from what it depends on, so that torch.compile can take its result as a constant."""
+    x = torch.empty(0, device=device_type, dtype=dtype)
     engines = family(family_name).ENGINES
     if name == "aten":
         name = "cpu"
@@ -179,6 +185,11 @@ def resolve(family_name: str, name: str, x: Tensor) -> str:
     if reason is not None:
         raise RuntimeError(f"engine {name!r} cannot run {family_name} cells here: {reason}")
     return name
+
+
+# For torch.compile, resolve_for's result is a constant of the trace (its inputs are guarded), as
+# rnnkit.engines.resolve's: tracing into it would break the graph at importlib.import_module.
+resolve_for._dynamo_marked_constant = True
 
 
 def run(family_name: str, engine_name: str, config: str, xp: Tensor, batch_sizes, states: list[Tensor],
