@@ -300,3 +300,108 @@ def test_triton_kernels_compile_for_h100():
                             timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "compiled 4" in result.stdout
+
+
+# ---------------------------------------------------------------- (3) the layer
+
+
+def layer_and_inputs(engine="auto", **kwargs):
+    from rnnkit.nn.slstm import SLSTM
+    torch.manual_seed(0)
+    layer = SLSTM(3, 6, num_heads=2, engine=engine, **kwargs)
+    return layer, torch.randn(4, 2, 3)
+
+
+def random_hx(layer, batch, gen_seed=3):
+    gen = torch.Generator().manual_seed(gen_seed)
+    shape = (layer.num_layers * layer.num_directions, batch, layer.hidden_size)
+    h0, c0, m0 = (torch.randn(shape, generator=gen) * 0.5 for _ in range(3))
+    n0 = torch.rand(shape, generator=gen) + 0.5
+    return tuple(s.requires_grad_() for s in (h0, c0, n0, m0))
+
+
+@pytest.mark.parametrize("engine", ["reference", "auto"])
+def test_layer_matches_equations(engine):
+    """A bidirectional layer: each direction is the equations on xp = W_ih x + b_ih, states and gradients too."""
+    layer, x = layer_and_inputs(engine, bidirectional=True)
+    hx = random_hx(layer, 2)
+    out, states_n = layer(x, hx)
+    want_outs, want_states = [], [[], [], [], []]
+    for d, suffix in enumerate(("", "_reverse")):
+        xp = x.reshape(8, 3) @ getattr(layer, f"weight_ih_l0{suffix}").t() + getattr(layer, f"bias_ih_l0{suffix}")
+        o, s = equations(xp, (2,) * 4, [h[d] for h in hx], getattr(layer, f"weight_hh_l0{suffix}"), 2, d == 1)
+        want_outs.append(o.reshape(4, 2, 6))
+        for acc, t in zip(want_states, s, strict=True):
+            acc.append(t)
+    want = [torch.cat(want_outs, dim=2), *(torch.stack(s) for s in want_states)]
+    got = [out, *states_n]
+    for a, e in zip(got, want, strict=True):
+        assert_close(a, e, "output", "layer")
+    leaves = [x.requires_grad_(), *hx, *layer.parameters()]
+    g = upstream(got[0], got[1:])
+    for a, e in zip(torch.autograd.grad(got, leaves, g, allow_unused=True),
+                    torch.autograd.grad(want, leaves, g, allow_unused=True), strict=True):
+        assert_close(a, e, "grad", "layer gradient")
+
+
+LAYER_OPTIONS = {
+    "two_layers_dropout": dict(num_layers=2, dropout=0.5),
+    "bidirectional_two_layers": dict(num_layers=2, bidirectional=True),
+    "batch_first": dict(batch_first=True),
+    "no_bias": dict(bias=False),
+}
+
+
+@pytest.mark.parametrize("options", LAYER_OPTIONS)
+def test_layer_options_run_and_backprop(options):
+    layer, x = layer_and_inputs(**LAYER_OPTIONS[options])
+    out, states = layer(x.transpose(0, 1) if layer.batch_first else x, random_hx(layer, 2))
+    assert out.shape == ((2, 4) if layer.batch_first else (4, 2)) + (6 * layer.num_directions,)
+    assert len(states) == 4 and all(s.shape == (layer.num_layers * layer.num_directions, 2, 6) for s in states)
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_layer_unbatched_equals_batch_of_one():
+    layer, x = layer_and_inputs(bidirectional=True)
+    hx = random_hx(layer, 1)
+    out, states = layer(x[:, 0], tuple(s[:, 0] for s in hx))
+    out1, states1 = layer(x[:, :1], hx)
+    assert_close(out, out1[:, 0], "output", "unbatched")
+    for a, b in zip(states, states1, strict=True):
+        assert_close(a, b[:, 0], "output", "unbatched state")
+
+
+def test_layer_packed_unsorted_equals_each_sequence_alone():
+    from torch.nn.utils.rnn import pad_packed_sequence
+    layer, _ = layer_and_inputs(bidirectional=True)
+    lengths = torch.tensor([2, 5, 1, 4])
+    x = torch.randn(5, 4, 3)
+    hx = random_hx(layer, 4)
+    out, states = layer(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
+    padded, _ = pad_packed_sequence(out)
+    for b, n in enumerate(lengths.tolist()):
+        alone, alone_states = layer(x[:n, b:b + 1], tuple(s[:, b:b + 1] for s in hx))
+        assert_close(padded[:n, b:b + 1], alone, "output", f"sequence {b}")
+        for a, e in zip(states, alone_states, strict=True):
+            assert_close(a[:, b:b + 1], e, "output", f"sequence {b} state")
+    (padded * torch.randn_like(padded)).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_layer_default_state_and_large_inputs_stay_finite():
+    """hx=None starts from n = m = 0; inputs of size 30 push exp(i~) far beyond float32 without the stabiliser."""
+    layer, x = layer_and_inputs(num_layers=2)
+    out, states = layer(x * 30)
+    (out * torch.randn_like(out)).sum().backward()
+    assert all(torch.isfinite(t).all() for t in (out, *states, *(p.grad for p in layer.parameters())))
+
+
+def test_layer_compiles_fullgraph():
+    layer, x = layer_and_inputs()
+    want, want_states = layer(x)  # eager first: registers the operator
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out, states = compiled(x)
+    for a, e in zip((out, *states), (want, *want_states), strict=True):
+        assert_close(a, e, "output", "compiled layer")
