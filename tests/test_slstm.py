@@ -405,3 +405,27 @@ def test_layer_compiles_fullgraph():
     out, states = compiled(x)
     for a, e in zip((out, *states), (want, *want_states), strict=True):
         assert_close(a, e, "output", "compiled layer")
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu", "triton"])
+def test_saved_shapes_declare_what_forward_saves(engine):
+    """The operator's fake kernel (torch.compile, export) gives saved_shapes; the engine must save exactly that."""
+    if engine == "triton" and not interpreted():
+        pytest.skip("Triton kernels need the interpreter here")
+    from rnnkit.engines import slstm as fam
+    batch_sizes, hidden, heads = PACKINGS["packed_unsorted"], 6, 2
+    xp, states, r = make_inputs(batch_sizes, hidden, heads)
+    module = fam.ENGINES[engine]
+    with torch.no_grad():
+        _, _, saved = module.forward("heads=2", xp, batch_sizes, states, [r], [], False)
+    declared = module.saved_shapes("heads=2", xp.shape[0], states, [r], xp.dtype)
+    assert [(tuple(s.shape), s.dtype) for s in saved] == [(tuple(shape), dtype) for shape, dtype in declared]
+
+
+def test_heads_that_do_not_fit_are_refused():
+    from rnnkit.nn.slstm import SLSTM
+    with pytest.raises(ValueError, match="must divide"):
+        SLSTM(3, 6, num_heads=4)
+    xp, states, r = make_inputs((2,), 6, 2)
+    with pytest.raises(ValueError, match="heads=3"):
+        run("reference", xp, (2,), states, r, 3, False)

@@ -54,13 +54,9 @@ def contiguous_copy(t: Tensor) -> Tensor:
 
 def launch(kernel, args, batch: int, heads: int, dh: int, batch_sizes, reverse: bool, like: Tensor) -> None:
     block = min(MAX_BLOCK, pow2(dh))
-    grid = (triton_cdiv(batch, BLOCK_B), heads)
+    grid = (-(-batch // BLOCK_B), heads)  # (row tiles, heads)
     kernel[grid](*args, len(batch_sizes), heads * dh, dh, REVERSE=reverse, PRECISION=precision(like),
                  BLOCK_B=BLOCK_B, BLOCK_U=block, BLOCK_V=block)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def forward(config, xp, batch_sizes, states, params, masks, reverse):
@@ -68,9 +64,8 @@ def forward(config, xp, batch_sizes, states, params, masks, reverse):
     sizes, offsets = layout(batch_sizes, xp.device)
     n, (batch, hidden) = xp.shape[0], states[0].shape
     out, cs, ns, ms = (empty(xp, n, hidden) for _ in range(4))
-    pre, h_n = empty(xp, n, 4 * hidden), empty(xp, batch, hidden)
-    h_n.copy_(states[0])  # rows beyond a step's batch size keep their state; the kernel writes the rest
-    c, nn, m = (contiguous_copy(s) for s in states[1:])
+    pre = empty(xp, n, 4 * hidden)
+    h_n, c, nn, m = (contiguous_copy(s) for s in states)  # initial -> final (the kernel writes running rows)
     args = (xp.contiguous(), params[0].contiguous(), states[0].contiguous(), out, h_n, c, nn, m, cs, ns, ms, pre,
             sizes, offsets)
     launch(kernels().slstm_forward, args, batch, heads, hidden // heads, batch_sizes, reverse, xp)

@@ -158,7 +158,8 @@ def slstm_backward(r_ptr, c0_ptr, n0_ptr, m0_ptr, out_ptr, cs_ptr, ns_ptr, ms_pt
                 tl.store(dn_ptr + state, d_n * f, mask=mask)
                 tl.store(dm_ptr + state, d_lfm, mask=mask)
             tl.debug_barrier()  # the whole head's dxp of this step is stored before the product reads it
-            for v0 in range(0, DH, BLOCK_V):  # dh[rows, head0 + v] = sum_q sum_u dxp[q*H + head0 + u] r[q*H + head0 + u, v]
+            # the product sent back: dh[rows, head0 + v] = sum_q sum_u dxp[q*H + head0 + u] r[q*H + head0 + u, v]
+            for v0 in range(0, DH, BLOCK_V):
                 vs = v0 + tl.arange(0, BLOCK_V)
                 v_mask = vs < DH
                 acc = tl.zeros([BLOCK_B, BLOCK_V], dtype=tl.float32)
