@@ -16,7 +16,7 @@ from torch import Tensor
 from ...cells import slstm
 from ..cpu import arr, gemm_fn, plan
 from ..cpu import why_not as stock_why_not
-from .reference import check, saved_shapes  # noqa: F401  (the same tensors as the reference engine)
+from .reference import check
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -30,6 +30,13 @@ def why_not(x: Tensor) -> str | None:
 def kernels():
     from . import cpu_kernels
     return cpu_kernels
+
+
+def saved_shapes(config: str, n: int, states: list[Tensor], params: list[Tensor], dtype: torch.dtype):
+    """c, n, m (N, H) as the reference engine; the pre-activations as (4, N, H), one (N, H) block per gate
+    (the kernels' stores must go to separate arrays to vectorise)."""
+    hidden = states[0].shape[1]
+    return [((n, hidden), dtype)] * 3 + [((4, n, hidden), dtype)]
 
 
 def empty(like: Tensor, *shape: int) -> Tensor:
@@ -73,10 +80,11 @@ def forward(config, xp, batch_sizes, states, params, masks, reverse):
     n, hidden = xp.shape[0], states[0].shape[1]
     h, c, nn, m = (contiguous_copy(s) for s in states)
     out, cs, ns, ms = (empty(xp, n, hidden) for _ in range(4))
-    pre = empty(xp, n, 4 * hidden)
+    pre = empty(xp, 4, n, hidden)
     hp = empty(xp, h.shape[0], 4 * hidden)
     kernels().slstm_forward(gemm_fn(xp.dtype), arr(xp), arr(per_head(params[0], heads)), arr(h), arr(c), arr(nn),
-                            arr(m), sizes, offsets, reverse, arr(out), arr(cs), arr(ns), arr(ms), arr(pre), arr(hp))
+                            arr(m), sizes, offsets, reverse, arr(out), arr(cs), arr(ns), arr(ms), *(arr(p) for p in pre),
+                            arr(hp), arr(empty(xp, *hp.shape)))
     return out, [h, c, nn, m], (cs, ns, ms, pre)
 
 
@@ -86,9 +94,10 @@ def backward(config, xp, batch_sizes, states, params, masks, reverse, out, saved
     cs, ns, ms, pre = saved
     dh, dc, dn, dm = (contiguous_copy(d) for d in d_states_n)
     dxp, dah = empty(xp, xp.shape[0], xp.shape[1]), empty(xp, dh.shape[0], xp.shape[1])
+    gate_grads = [arr(empty(xp, *dh.shape)) for _ in range(4)]  # scratch: d_i, d_f, d_z, d_o of one step
     _, c0, n0, m0 = states
     kernels().slstm_backward(gemm_fn(xp.dtype), arr(per_head(params[0], heads)), arr(c0), arr(n0), arr(m0), arr(out),
-                             arr(cs), arr(ns), arr(ms), arr(pre), arr(d_out), arr(dh), arr(dc), arr(dn), arr(dm),
-                             sizes, offsets, reverse, arr(dxp), arr(dah))
+                             arr(cs), arr(ns), arr(ms), *(arr(p) for p in pre), arr(d_out), arr(dh), arr(dc), arr(dn),
+                             arr(dm), sizes, offsets, reverse, arr(dxp), arr(dah), *gate_grads)
     dr = slstm.weight_grad(dxp, previous_h(out, states[0], batch_sizes, reverse), heads)
     return dxp, [dh, dc, dn, dm], [dr]
