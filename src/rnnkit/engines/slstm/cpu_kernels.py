@@ -7,7 +7,14 @@ options: fastmath without nnan/ninf, vectorisable tanh and sigmoid in float32).
 Block-diagonal recurrent weights: the wrapper passes them per head, r_heads (K, 4dh, dh) with
 r_heads[k, q*dh + u, v] = r[q*H + k*dh + u, v], so each head's product for all four gates is one
 gemm on that head's columns of h. Its result lands in a (B, 4H) scratch in head-major order,
-hp[b, k*4dh + q*dh + u]; the packed pre-activations and dxp keep the gate-major order of xp.
+hp[b, k*4dh + q*dh + u], which a copy loop turns into the gate-major order of xp (and the
+backward the other way round, for the gemm of dh).
+
+Vectorisation: LLVM vectorises a gate loop only when every array the loop stores to is stored
+once per unit and not read in the loop (two stores into one array at a distance it cannot see,
+or a store into an array it reads, make it give up). So each gate's pre-activations (and, in
+the backward, each gate's gradient) is a separate array, and the state the next step starts from
+is copied after the loop.
 
 States are updated in place: on entry the initial state (backward: the gradient at the final
 state), on exit the final state (the gradient at the initial state). Rows beyond batch_sizes[t]
