@@ -1,8 +1,9 @@
 """sLSTM, CPU engine: the reference engine's algorithm with the time loops compiled by Numba.
 
 Same signature and saved tensors as rnnkit.engines.slstm.reference, but for the layout of the
-pre-activations, (4, N, H) (see saved_shapes); the loops live in cpu_kernels.py. What stays in torch: the weight gradient summed over steps, one batched
-product over heads (rnnkit.cells.slstm.weight_grad).
+pre-activations, (4, N, H) (see saved_shapes); the loops live in cpu_kernels.py. What stays in
+torch: the weight gradient summed over steps, one batched product over heads
+(rnnkit.cells.slstm.weight_grad).
 """
 
 from __future__ import annotations
