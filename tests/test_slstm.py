@@ -454,3 +454,19 @@ def test_cpu_float32_exp_and_log1p_are_accurate():
     out, _ = np.empty_like(special), np.empty_like(special)
     both(special, np.zeros_like(special), out, _)
     assert np.isnan(out[0]) and out[1] > 3.4e38 and out[2] == out[4] and out[4] < 1e-45 and out[3] == out[1]
+
+
+def test_torch_func_grad_runs_the_plain_ops_recurrence():
+    """Under torch.func the operator hands over to autograd_forward (plain ops): same values as the engines."""
+    batch_sizes, hidden, heads = (2,) * 3, 4, 2
+    xp, states, r = make_inputs(batch_sizes, hidden, heads)
+
+    def loss(xp, r):
+        out, states_n = variant_ops.run(FAMILY, "cpu", "heads=2", xp, batch_sizes, [s.detach() for s in states], [r],
+                                        [], False)
+        return (out * out).sum() + states_n[3].sum()
+
+    got = torch.func.grad(loss, argnums=(0, 1))(xp.detach(), r.detach())
+    want = torch.autograd.grad(loss(xp, r), [xp, r])
+    for a, e in zip(got, want, strict=True):
+        assert_close(a, e, "grad", "torch.func.grad")
