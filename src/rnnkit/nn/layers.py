@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import engines
-from . import checks
+from . import checks, options
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
@@ -99,11 +99,17 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None, *, engine: str = "auto") -> None:
+                 device=None, dtype=None, *, engine: str = "auto", layer_norm: bool = False, peephole: bool = False,
+                 zoneout=0.0, recurrent_dropout: float = 0.0, weight_drop: float = 0.0) -> None:
         super().__init__()
         name = type(self).__name__
         checks.constructor(name, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
         engines.check_name(engine)  # an unknown engine name fails here, not at the first forward
+        self.zoneout_h, self.zoneout_c = options.check(name, mode, proj_size, dict(
+            layer_norm=layer_norm, peephole=peephole, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+            weight_drop=weight_drop))
+        self.layer_norm, self.peephole, self.zoneout = layer_norm, peephole, zoneout
+        self.recurrent_dropout, self.weight_drop = float(recurrent_dropout), float(weight_drop)
         self.mode, self.engine = mode, engine
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
@@ -112,28 +118,59 @@ class RecurrentLayer(nn.Module):
             warnings.warn(f"{name}: dropout is applied between layers, so dropout={dropout} has no effect "
                           f"with num_layers=1", stacklevel=3)
 
-        factory = {"device": device, "dtype": dtype}
-        gate_size, out_size = GATES[mode] * hidden_size, proj_size or hidden_size
-        self._flat_weights_names, self._all_weights = [], []
-        # Registration order is torch's, so reset_parameters draws the same numbers from the same seed.
-        for layer in range(num_layers):
-            for suffix in ("", "_reverse")[: self.num_directions]:
-                layer_input = input_size if layer == 0 else out_size * self.num_directions
-                shapes = {"weight_ih": (gate_size, layer_input), "weight_hh": (gate_size, out_size)}
-                if bias:
-                    shapes.update(bias_ih=(gate_size,), bias_hh=(gate_size,))
-                if proj_size:
-                    shapes["weight_hr"] = (proj_size, hidden_size)
-                names = [f"{kind}_l{layer}{suffix}" for kind in shapes]
-                for n, s in zip(names, shapes.values(), strict=True):
-                    setattr(self, n, nn.Parameter(torch.empty(s, **factory)))
-                self._flat_weights_names.extend(names)
-                self._all_weights.append(names)
+        self.factory = {"device": device, "dtype": dtype}
+        out_size = self.output_size
+        self._flat_weights_names, self._all_weights, self._extra_weights_names = [], [], []
+        # Registration order is torch's, so reset_parameters draws the same numbers from the same seed;
+        # parameters torch.nn does not have (layer norm, peepholes) come after all of torch's.
+        for extra in (False, True):
+            for layer in range(num_layers):
+                for suffix in ("", "_reverse")[: self.num_directions]:
+                    layer_input = input_size if layer == 0 else out_size * self.num_directions
+                    shapes = self.extra_parameter_shapes() if extra else self.parameter_shapes(layer_input)
+                    names = [f"{kind}_l{layer}{suffix}" for kind in shapes]
+                    for n, s in zip(names, shapes.values(), strict=True):
+                        setattr(self, n, nn.Parameter(torch.empty(s, **self.factory)))
+                    if extra:
+                        self._extra_weights_names.extend(names)
+                    else:
+                        self._flat_weights_names.extend(names)
+                        self._all_weights.append(names)
         self.reset_parameters()
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def parameter_shapes(self, layer_input: int) -> dict[str, tuple[int, ...]]:
+        """torch.nn's parameters of one layer and direction, by kind, in torch's order."""
+        gate_size = GATES[self.mode] * self.hidden_size
+        shapes = {"weight_ih": (gate_size, layer_input), "weight_hh": (gate_size, self.output_size)}
+        if self.bias:
+            shapes.update(bias_ih=(gate_size,), bias_hh=(gate_size,))
+        if self.proj_size:
+            shapes["weight_hr"] = (self.proj_size, self.hidden_size)
+        return shapes
+
+    def extra_parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameters of one layer and direction that torch.nn does not have (rnnkit.nn.options)."""
+        return options.parameter_shapes(self)
+
+    def active_family(self) -> str | None:
+        """The engine family of cells torch.nn does not have that this call runs, or None for torch.nn's cell."""
+        return options.family(self)
+
+    def recurrence(self, index: int, direction: int, x: Tensor, rows: Rows):
+        """The operator arguments (config, xp, params, masks) of active_family() for one layer and direction."""
+        return options.recurrence(self, index, direction, x, rows)
+
+    def initial_state_list(self, hx, rows: Rows, unbatched: bool) -> list[Tensor]:
+        h0, c0 = self.initial_states(hx, rows.data, rows.batch, unbatched, rows.packed)
+        return [h0] if c0 is None else [h0, c0]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -144,10 +181,15 @@ class RecurrentLayer(nn.Module):
         return [getattr(self, n) for n in self._flat_weights_names]
 
     def reset_parameters(self) -> None:
-        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as torch.nn does."""
+        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as torch.nn does (torch.nn's
+        first, in its order, so a seed gives its numbers); layer norm starts as the identity (gain 1, bias 0)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+        for name in self._flat_weights_names + self._extra_weights_names:
+            p = getattr(self, name)
+            if name.startswith("ln_"):
+                nn.init.ones_(p) if "_weight_" in name else nn.init.zeros_(p)
+            else:
+                nn.init.uniform_(p, -bound, bound)
 
     def __prepare_scriptable__(self):
         """torch.jit.script calls this first: say what works instead of failing deep inside TorchScript."""
@@ -162,7 +204,8 @@ class RecurrentLayer(nn.Module):
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
         for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                             ("bidirectional", False), ("engine", "auto")):
+                             ("bidirectional", False), ("engine", "auto"), ("layer_norm", False),
+                             ("peephole", False), ("zoneout", 0.0), ("recurrent_dropout", 0.0), ("weight_drop", 0.0)):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s
@@ -195,9 +238,15 @@ class RecurrentLayer(nn.Module):
     # ------------------------------------------------------------ forward
 
     def forward(self, input, hx=None, *, lengths=None):
+        family = self.active_family()
+        if family is not None:  # a cell torch.nn does not have (rnnkit.nn.variants)
+            from .variants import variant_forward
+            return variant_forward(self, family, input, hx, lengths)
         rows, form = self.to_rows(input, lengths)
         h0, c0 = self.initial_states(hx, rows.data, rows.batch, form.unbatched, rows.packed)
         weights = self.layer_weights()
+        if self.weight_drop > 0 and self.training:  # DropConnect alone: torch.nn's cell on the dropped W_hh
+            weights = [[(w_ih, options.dropped(self, w_hh), *rest) for w_ih, w_hh, *rest in layer] for layer in weights]
         low = autocast_dtype(self.mode, rows.data.device.type, input)
         if low is not None:  # what torch.nn computes in under autocast; gradients reach the parameters through the casts
             rows = rows._replace(data=rows.data.to(low))
@@ -211,7 +260,7 @@ class RecurrentLayer(nn.Module):
         if low is not None and self.proj_size and rows.data.device.type == "cpu":
             # torch.nn's CPU LSTM with a projection keeps its cell state in c_0's dtype under autocast
             c_n = c_n.to((input.data if form.packed else input).dtype if hx is None else hx[1].dtype)
-        return self.from_rows(out, h_n, c_n, rows, form)
+        return self.from_rows(out, [h_n] if c_n is None else [h_n, c_n], rows, form)
 
     def to_rows(self, input, lengths) -> tuple[Rows, InputForm]:
         """Validate the input and bring any form of it to the engines' packed rows."""
@@ -243,24 +292,24 @@ class RecurrentLayer(nn.Module):
         checks.input_matches_weights(name, rows.data, self.weight_ih_l0, self.input_size)
         return rows._replace(data=rows.data.to(self.weight_ih_l0.dtype)), form  # a cast only under autocast
 
-    def from_rows(self, out: Tensor, h_n: Tensor, c_n: Tensor | None, rows: Rows, form: InputForm):
-        """Give the output back in the form the input came in; final states in the caller's batch order."""
+    def from_rows(self, out: Tensor, states: list[Tensor], rows: Rows, form: InputForm):
+        """Give the output back in the form the input came in; final states (each (L*D, B, .)) in the caller's
+        batch order."""
         packed = rows.packed
         if packed is not None and packed.unsorted_indices is not None:
-            h_n = h_n.index_select(1, packed.unsorted_indices)
-            c_n = None if c_n is None else c_n.index_select(1, packed.unsorted_indices)
+            states = [s.index_select(1, packed.unsorted_indices) for s in states]
         if packed is not None:  # built anew, not _replace'd: torch.compile mistraces PackedSequence._replace
             packed = PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         if form.packed:
-            return packed, self.pack_states(h_n, c_n)
+            return packed, self.pack_states(states)
         if form.padded_lengths:
             out = pad_packed_sequence(packed, total_length=form.steps)[0]  # (T, B, D*P)
         out = out.reshape(form.steps, form.batch, out.shape[-1])  # (T, B, D*P); -1 fails for B = 0
         output = out.transpose(0, 1) if self.batch_first else out
         if form.unbatched:
             output = output.squeeze(0 if self.batch_first else 1)
-            h_n, c_n = h_n.squeeze(1), None if c_n is None else c_n.squeeze(1)
-        return output, self.pack_states(h_n, c_n)
+            states = [s.squeeze(1) for s in states]
+        return output, self.pack_states(states)
 
     def initial_states(self, hx, data: Tensor, batch: int, unbatched: bool, packed: PackedSequence | None):
         """Validated (h_0, c_0) in the engine's row order: zeros when hx is None. c_0 is None unless LSTM."""
@@ -284,8 +333,9 @@ class RecurrentLayer(nn.Module):
             h0, c0 = h0.index_select(1, order), None if c0 is None else c0.index_select(1, order)
         return h0, c0
 
-    def pack_states(self, h_n: Tensor, c_n: Tensor | None):
-        return h_n
+    def pack_states(self, states: list[Tensor]):
+        """What forward returns as the final state: h_n alone, or a tuple (h_n, c_n, ...) for cells with more."""
+        return states[0] if len(states) == 1 else tuple(states)
 
 
 class RNN(RecurrentLayer):
@@ -303,12 +353,14 @@ class RNN(RecurrentLayer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, engine: str = "auto", proj_size=checks.NOT_GIVEN) -> None:
+                 device=None, dtype=None, *, engine: str = "auto", proj_size=checks.NOT_GIVEN,
+                 weight_drop: float = 0.0) -> None:
         checks.no_projection("RNN", proj_size)
         checks.nonlinearity("RNN", nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, num_layers,
-                         bias, batch_first, dropout, bidirectional, 0, device, dtype, engine=engine)
+                         bias, batch_first, dropout, bidirectional, 0, device, dtype, engine=engine,
+                         weight_drop=weight_drop)
 
 
 class LSTM(RecurrentLayer):
@@ -327,12 +379,11 @@ class LSTM(RecurrentLayer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None, *, engine: str = "auto") -> None:
+                 device=None, dtype=None, *, engine: str = "auto", layer_norm: bool = False, peephole: bool = False,
+                 zoneout=0.0, recurrent_dropout: float = 0.0, weight_drop: float = 0.0) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, engine=engine)
-
-    def pack_states(self, h_n: Tensor, c_n: Tensor | None):
-        return h_n, c_n
+                         proj_size, device, dtype, engine=engine, layer_norm=layer_norm, peephole=peephole,
+                         zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop)
 
 
 class GRU(RecurrentLayer):
@@ -351,7 +402,10 @@ class GRU(RecurrentLayer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, engine: str = "auto", proj_size=checks.NOT_GIVEN) -> None:
+                 device=None, dtype=None, *, engine: str = "auto", proj_size=checks.NOT_GIVEN,
+                 layer_norm: bool = False, zoneout: float = 0.0, recurrent_dropout: float = 0.0,
+                 weight_drop: float = 0.0) -> None:
         checks.no_projection("GRU", proj_size)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         0, device, dtype, engine=engine)
+                         0, device, dtype, engine=engine, layer_norm=layer_norm, zoneout=zoneout,
+                         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop)

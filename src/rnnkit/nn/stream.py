@@ -52,6 +52,9 @@ class Stream:
             raise ValueError(f"{name}: a bidirectional layer cannot stream: its reverse direction reads the "
                              f"sequence from its end. Call the layer on the whole sequence, or build it with "
                              f"bidirectional=False")
+        if layer.layer_norm or layer.peephole:
+            raise NotImplementedError(f"{name}: stream() runs torch.nn's cells; a layer with layer_norm or peephole "
+                                      f"cannot stream yet. Call the layer on each chunk with the state it returned")
         if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
                                        or batch_size < 0):
             raise ValueError(f"{name}: batch_size should be a non-negative int or None, got {batch_size!r}")
@@ -117,6 +120,10 @@ class Stream:
         rows = x.unsqueeze(0) if x.dim() == 1 else x  # (B, I)
         self._check_frame(x, rows)
         layer = self.layer
+        if layer.training and (layer.active_family() is not None or layer.weight_drop > 0):
+            raise RuntimeError(f"{self._name} stream step: zoneout, recurrent_dropout and weight_drop act in training "
+                               f"mode, which a step of torch.nn's cell would skip; call layer.eval() to stream, or "
+                               f"stream.chunk() to run the layer itself")
         dropout = layer.dropout if layer.training else 0.0
         states = []
         for k, ((w_ih, b_ih, w_hh, b_hh, kw), state) in enumerate(zip(self._layers, self._states, strict=True)):
