@@ -357,3 +357,30 @@ def test_double_backward_through_an_ln_gru():
     randomise(layer)
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradgradcheck(lambda x: layer(x)[0], (x,))
+
+
+# ---------------------------------------------------------------- rnnkit train's options
+
+
+@pytest.mark.parametrize("task,model,text", [
+    ("adding", dict(cell="gru", peephole=True), "--peephole is an option of --cell lstm, got --cell gru"),
+    ("adding", dict(cell="rnn", layer_norm=True), "--layer-norm is an option of --cell lstm, gru"),
+    ("adding", dict(cell="slstm", hidden=10, heads=4), "--heads 4 must divide --hidden 10"),
+    ("adding", dict(cell="gru", heads=2), "--heads is an option of --cell slstm"),
+    ("g2p", dict(cell="lstm", layer_norm=True), "task g2p decodes one step at a time"),
+    ("caption", dict(cell="mingru"), "task caption decodes one step at a time"),
+], ids=["peephole_gru", "ln_rnn", "heads_not_dividing", "heads_on_gru", "g2p_ln", "caption_mingru"])
+def test_train_refuses_cell_options_that_do_not_go_together(task, model, text):
+    from rnnkit.train.config import ConfigError, ModelConfig, RunConfig, TaskConfig, check_model
+
+    with pytest.raises(ConfigError, match=text.replace("(", r"\(")):
+        check_model(RunConfig(task=TaskConfig(task=task), model=ModelConfig(**model)))
+
+
+def test_an_old_config_without_the_new_options_still_reads():
+    from rnnkit.train.config import ModelConfig, RunConfig
+
+    old = RunConfig().to_dict()
+    for key in ("layer_norm", "peephole", "zoneout", "recurrent_dropout", "weight_drop", "heads"):
+        del old["model"][key]
+    assert RunConfig.from_dict(old).model == ModelConfig()

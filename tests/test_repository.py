@@ -30,3 +30,16 @@ def test_quickstart_loss_falls():
     mse = [float(m) for m in re.findall(r"mse ([0-9.]+)", result.stdout)]
     assert len(mse) >= 3, result.stdout
     assert mse[-1] < mse[0] / 5, result.stdout
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    """Every ```python block of the README runs as written (in a folder of its own: one writes model.onnx)."""
+    import pytest
+
+    pytest.importorskip("onnxscript")
+    blocks = re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(blocks) >= 4, "the README lost its examples"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:  # in order, sharing names as a reader's session would
+        exec(compile(block, "README.md", "exec"), namespace)

@@ -125,8 +125,7 @@ def define(family_name: str, engine_name: str):
             found = backward(ctx.config, xp, ctx.batch_sizes, states, params, masks, ctx.reverse, out, saved, d_out,
                              d_states_n)
         dxp, d_states0, d_params = found[0], found[1:1 + ns], found[1 + ns:]
-        # masks: a list mirrors the input list (autograd compares the structure); constants, no gradient
-        return None, dxp, None, list(d_states0), list(d_params), [None] * nm, None
+        return None, dxp, None, list(d_states0), list(d_params), [None] * nm, None  # masks: a list, as given
 
     forward.register_autograd(grad_formula, setup_context=setup_context)
     return forward

@@ -81,7 +81,18 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    cell: str = option("lstm", "recurrent cell", choices=("lstm", "gru", "rnn", "rnn-relu"))
+    cell: str = option("lstm", "recurrent cell (mingru, minlstm: parallel scan over time; slstm: xLSTM's)",
+                       choices=("lstm", "gru", "rnn", "rnn-relu", "mingru", "minlstm", "slstm"))
+    layer_norm: bool = option(False, "lstm, gru: layer normalisation inside the cell (Ba et al. 2016)")
+    peephole: bool = option(False, "lstm: peephole connections from the cell state to the gates")
+    zoneout: float = option(0.0, "lstm, gru: in training each unit of h (and c) keeps its value with this "
+                            "probability", FRACTION)
+    recurrent_dropout: float = option(0.0, "lstm, gru: dropout on the recurrent input, one mask per sequence",
+                                      FRACTION)
+    weight_drop: float = option(0.0, "lstm, gru, rnn: DropConnect on the recurrent weights, one mask per batch",
+                                FRACTION)
+    heads: int = option(1, "slstm: heads of the block-diagonal recurrent weights (must divide --hidden)",
+                        at_least(1))
     layers: int = option(1, "stacked recurrent layers", at_least(1))
     hidden: int = option(128, "hidden units per layer and direction", at_least(1))
     bidirectional: bool = option(False, "read the input in both directions (on by default for tag, g2p, translate)")
@@ -222,7 +233,32 @@ def check_machine(config: RunConfig) -> None:
         raise ConfigError(f"--batch-size {train.batch_size} must be divisible by the {world} processes")
 
 
+# the options beyond torch.nn, and the cells that take them
+CELL_OPTIONS = {"layer_norm": ("lstm", "gru"), "peephole": ("lstm",), "zoneout": ("lstm", "gru"),
+                "recurrent_dropout": ("lstm", "gru"), "weight_drop": ("lstm", "gru", "rnn", "rnn-relu")}
+STOCK_CELLS = ("lstm", "gru", "rnn", "rnn-relu")
+STEP_DECODER_TASKS = ("g2p", "translate", "caption")  # their decoders run torch.nn's step cells
+
+
+def check_model(config: RunConfig) -> None:
+    """The cell options that go together: each option on a cell that has it, heads dividing the width."""
+    model, task = config.model, config.task.task
+    for name, cells in CELL_OPTIONS.items():
+        if getattr(model, name) and model.cell not in cells:
+            raise ConfigError(f"{flag(name)} is an option of --cell {', '.join(cells)}, got --cell {model.cell}")
+    if model.cell == "slstm" and model.hidden % model.heads:
+        raise ConfigError(f"--heads {model.heads} must divide --hidden {model.hidden}")
+    if model.heads != 1 and model.cell != "slstm":
+        raise ConfigError(f"--heads is an option of --cell slstm, got --cell {model.cell}")
+    extras = [flag(n) for n in CELL_OPTIONS if getattr(model, n)]
+    if task in STEP_DECODER_TASKS and (model.cell not in STOCK_CELLS or extras):
+        raise ConfigError(f"task {task} decodes one step at a time with torch.nn's cells: it takes --cell "
+                          f"{', '.join(STOCK_CELLS)} without {' '.join(extras) or 'cell options'}, got --cell "
+                          f"{model.cell}" + (f" with {' '.join(extras)}" if extras else ""))
+
+
 def check(config: RunConfig) -> None:
     """All of it: every option in its range, and runnable on this machine. Raises ConfigError."""
     check_fields(config)
+    check_model(config)
     check_machine(config)

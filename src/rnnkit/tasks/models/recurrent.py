@@ -21,6 +21,12 @@ CELLS = {
 }
 
 
+# the layer options beyond torch.nn that each cell takes from the config (rnnkit.nn.options)
+OPTION_OF = {"lstm": ("layer_norm", "peephole", "zoneout", "recurrent_dropout", "weight_drop"),
+             "gru": ("layer_norm", "zoneout", "recurrent_dropout", "weight_drop"),
+             "rnn": ("weight_drop",), "rnn-relu": ("weight_drop",)}
+
+
 def check_cell(name: str) -> None:
     if name not in CELLS:
         raise ValueError(f"unknown cell {name!r}: expected one of {', '.join(CELLS)}")
@@ -33,6 +39,9 @@ def recurrent(cfg: ModelConfig, input_size: int, bidirectional: bool) -> nn.Modu
     """A batch_first rnnkit layer stack as the config describes; an LSTM's forget gates start open."""
     check_cell(cfg.cell)
     cls, _, kw = CELLS[cfg.cell]
+    kw = dict(kw, **{name: getattr(cfg, name) for name in OPTION_OF.get(cfg.cell, ()) if getattr(cfg, name)})
+    if cfg.cell == "slstm":
+        kw["num_heads"] = cfg.heads
     layer = cls(input_size, cfg.hidden, num_layers=cfg.layers, batch_first=True, bidirectional=bidirectional,
                 dropout=cfg.dropout if cfg.layers > 1 else 0.0, engine=cfg.engine, **kw)
     if cfg.cell == "lstm":
