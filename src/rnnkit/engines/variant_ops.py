@@ -49,11 +49,20 @@ from .ops import no_autocast, steps
 FAMILY_NAMES = ("lstm_plus", "gru_plus", "minimal", "slstm")
 
 
+_FAMILIES: dict[str, object] = {}
+
+
 def family(name: str):
-    """The package of family `name` (imported on first use)."""
+    """The package of family `name` (imported on first use).
+
+    Kept in a dict once imported: torch.compile traces a dict lookup, but not importlib.import_module
+    (a graph break), so a layer imports its family when it is built (nn.variants.VariantLayer)."""
+    if name in _FAMILIES:
+        return _FAMILIES[name]
     if name not in FAMILY_NAMES:
         raise ValueError(f"unknown cell family {name!r}: expected one of {', '.join(map(repr, FAMILY_NAMES))}")
-    return importlib.import_module(f"{__package__}.{name}")
+    _FAMILIES[name] = importlib.import_module(f"{__package__}.{name}")
+    return _FAMILIES[name]
 
 
 def fake_outputs(fam, engine, config, xp: Tensor, states: list[Tensor], params: list[Tensor]) -> list[Tensor]:
