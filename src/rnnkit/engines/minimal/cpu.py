@@ -1,16 +1,19 @@
 """CPU engine of minGRU / minLSTM: the recurrence as one compiled sequential pass (Numba), forward and back.
 
 Why sequential and not a parallel scan: a scan's parallelism is over time, and a CPU does not need
-it. The B*H recurrences are independent, which already fills the vector lanes (and would fill the
-cores); what a step costs is reading xp and writing out. The loop over time does that in one pass
-with O(N H) work and no extra memory, while a parallel scan does at least twice the work and passes
-over memory (up-sweep and down-sweep, or the log-space form's cumsum, logcumsumexp and exp, each a
-pass, plus the log/exp of every element). The sequential form is also the exact one: no cumulative
-sums of logs whose difference cancels (see reference.py on precision), and any sign of h_0 and of
-the upstream gradient without a split. The backward is the same loop backwards in time.
+it. The B*H recurrences are independent, which already fills the vector lanes; what a step costs is
+its gate arithmetic and reading xp / writing out. The loop over time does that in one pass with
+O(N H) work and no extra (N, H) buffers: per row of a step, one vectorised loop of gate arithmetic
+(sigmoid from a rational tanh in float32: no exp or log, which do not vectorise here) and one of
+h = a h + b, a single multiply-add per element. A parallel scan does at least twice the work and
+passes over memory several times (up-sweep and down-sweep; the log-space form's cumsum,
+logcumsumexp and exp, plus a log and an exp of every element). The sequential form is also the
+exact one: no cumulative sums of logs whose difference cancels (see reference.py on precision), and
+any sign of h_0 and of the upstream gradient without a split. The backward is the same loop
+backwards in time, recomputing the gates from xp (nothing is saved beyond out).
 
-Same layout and results as reference.py; saves nothing beyond out. float32 and float64 run their own
-compiled loops; bfloat16 runs the float32 loop on float32 copies.
+Same layout and results as reference.py. float32 and float64 run their own compiled loops (float64
+with libm's exp); bfloat16 runs the float32 loop on float32 copies.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def forward(config, xp, batch_sizes, states, params, masks, reverse):
     x = compute_dtype(xp)
     out = empty(x, x.shape[0], h0.shape[1])
     h = compute_dtype(h0).detach().clone(memory_format=torch.contiguous_format)
-    kernels().forward(cell.blocks(config) == 3, arr(x), arr(h), sizes, offsets, reverse, arr(out))
+    kernels().forward(cell.blocks(config) == 3, arr(x), arr(h), sizes, offsets, reverse,
+                      arr(out))
     return out.to(xp.dtype), [h.to(h0.dtype)], []
 
 
@@ -72,8 +76,9 @@ def backward(config, xp, batch_sizes, states, params, masks, reverse, out, saved
     x = compute_dtype(xp)
     dxp = empty(x, *x.shape)
     dh = compute_dtype(dh_n).detach().clone(memory_format=torch.contiguous_format)
-    kernels().backward(cell.blocks(config) == 3, arr(x), arr(compute_dtype(h0)), arr(compute_dtype(out)),
-                       arr(compute_dtype(d_out).to(x.dtype)), arr(dh), sizes, offsets, reverse, arr(dxp))
+    kernels().backward(cell.blocks(config) == 3, arr(x), arr(compute_dtype(h0)),
+                       arr(compute_dtype(out)), arr(compute_dtype(d_out).to(x.dtype)), arr(dh), sizes, offsets, reverse,
+                       arr(dxp))
     return dxp.to(xp.dtype), [dh.to(h0.dtype)], []
 
 
