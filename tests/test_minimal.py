@@ -292,6 +292,11 @@ def test_step_equals_whole_sequence(config):
     assert_close(h, h_n.detach(), "output", "step state")
     y, h1 = layer.step(x[0, 0])  # unbatched, from zeros
     assert y.shape == (5,) and h1.shape == (2, 5)
+    single = LAYERS[config](4, 5, batch_first=True)
+    out, h_n = single(x.transpose(0, 1))
+    y, h = single.step(x[0], h_n[0])  # one layer: h may be (B, H), and comes back so
+    assert y.shape == (3, 5) and h.shape == (3, 5)
+    assert_close(y, single(x[:1].transpose(0, 1), h_n)[0][:, 0], "output", "step from h_n")
     with pytest.raises(ValueError, match="bidirectional"):
         LAYERS[config](4, 5, bidirectional=True).step(x[0])
 

@@ -51,7 +51,8 @@ class MinimalLayer(VariantLayer):
     def step(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One time step of every layer: x (B, I) or (I,), h (L, B, H) or (L, H) or None (zeros).
 
-        Returns (y, h_new): y (B, H) the top layer's new state, h_new (L, B, H). Plain torch ops, so
+        Returns (y, h_new): y (B, H) the top layer's new state, h_new (L, B, H), or (B, H) when h was given
+        as (B, H), which a one-layer model may do (y_t, h = layer.step(x_t, h_n[0])). Plain torch ops, so
         autograd differentiates it when it is on; nothing about earlier steps is kept."""
         name = type(self).__name__
         if self.bidirectional:
@@ -60,6 +61,8 @@ class MinimalLayer(VariantLayer):
             raise ValueError(f"{name}.step: x should be (batch, input_size) or (input_size,), got {tuple(x.shape)}")
         unbatched = x.dim() == 1
         x = x.unsqueeze(0) if unbatched else x
+        one_layer_state = h is not None and not unbatched and h.dim() == 2 and self.num_layers == 1
+        h = h.unsqueeze(0) if one_layer_state else h
         if h is None:
             h = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)
         else:
@@ -75,6 +78,8 @@ class MinimalLayer(VariantLayer):
             if self.dropout > 0 and self.training and index < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         h_new = torch.stack(new)
+        if one_layer_state:
+            return x, h_new[0]
         return (x.squeeze(0), h_new.squeeze(1)) if unbatched else (x, h_new)
 
 
