@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 from rnnkit.engines import variant_ops  # noqa: E402
-from rnnkit.engines.minimal import cpu, reference  # noqa: E402
+from rnnkit.engines.minimal import cpu  # noqa: E402
 from rnnkit.nn.minimal import MinGRU, MinLSTM  # noqa: E402
 from rnnkit.testing import assert_close  # noqa: E402
 
