@@ -13,7 +13,12 @@ Plus double backward, torch.compile(fullgraph=True) and an empty batch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported (see tests/test_triton_engine.py)
 
@@ -219,11 +224,13 @@ def test_gradgradcheck_float64():
 # ---------------------------------------------------------------- (2) cpu and triton == reference
 
 
-def check_engine(engine, config, batch_sizes, hidden, reverse, dtype=torch.float32):
+def check_engine(engine, config, batch_sizes, hidden, reverse, dtype=torch.float32, reference_dtype=None):
+    """Every output and gradient of `engine` == the reference engine's (run in reference_dtype on the same values)."""
     xp, h0, params, masks = make_inputs(CONFIGS[config], batch_sizes, hidden, dtype)
     got = results(by_operator(engine, CONFIGS[config], batch_sizes, masks, reverse), xp, h0, params)
-    rx, rh0, rparams = detached_copy(xp, h0, params)
-    want = results(by_operator("reference", CONFIGS[config], batch_sizes, masks, reverse), rx, rh0, rparams)
+    rx, rh0, rparams = detached_copy(xp, h0, params, reference_dtype)
+    rmasks = [m.to(reference_dtype or dtype) for m in masks]
+    want = results(by_operator("reference", CONFIGS[config], batch_sizes, rmasks, reverse), rx, rh0, rparams)
     assert_all_close(got, want)
 
 
@@ -245,6 +252,13 @@ def test_triton_several_tiles(config, triton_interpreted):
     """20 sequences (two 16-row tiles, the second finishing early) and H = 33: several column tiles and
     several chunks of the layer norm's row loops."""
     check_engine("triton", config, (20, 20, 17, 9, 3), 33, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_triton_half_precision_against_float64(dtype, triton_interpreted):
+    """16-bit inputs against the reference engine in float64 on the same values (the tolerance table's 16-bit
+    rows): float32 accumulation, activations and layer-norm statistics inside."""
+    check_engine("triton", "all", CASES["packed_unsorted_reverse"][0], 33, True, dtype, torch.float64)
 
 
 @pytest.mark.parametrize("config", ["ln", "all"])
@@ -296,3 +310,45 @@ def test_unknown_config_word():
     xp, h0, params, masks = make_inputs("bias", (2,), 3)
     with pytest.raises(ValueError, match="unknown config word"):
         variant_ops.run("gru_plus", "reference", "bias,peephole", xp, (2,), [h0], params, masks, False)
+
+
+# Compiles each kernel for sm_90 in a fresh process without the interpreter (what tests/compile_triton_kernels.py
+# does for the stock kernels): the interpreter misses what only the compiler rejects.
+COMPILE_SCRIPT = """
+import inspect
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from rnnkit.engines.gru_plus import triton_kernels as K
+
+FLOAT32 = {"g_ptr", "cache_ptr", "rstd_ptr", "g_hat_ptr", "dhp_ptr", "d_state_ptr"}
+count = 0
+for on, dtype in ((False, "bf16"), (True, "fp32")):
+    tile = dict(BLOCK_B=16, REVERSE=on, UPCAST=False)
+    product = dict(tile, RDROP=on, PRECISION="tf32x3", BLOCK_K=64)
+    for fn, constexprs in ((K.forward_product, dict(product, BLOCK_N=64)),
+                           (K.forward_gates, dict(tile, LN=on, ZONEOUT=on, EPS=1e-5, BLOCK_H=64)),
+                           (K.backward_gates, dict(tile, LN=on, ZONEOUT=on, BLOCK_H=64)),
+                           (K.backward_product, dict(product, BLOCK_H=64))):
+        names = list(inspect.signature(fn.fn).parameters)
+        sig = {n: "constexpr" if n in constexprs else "i32" if n in ("T", "k", "H") else
+               "*i32" if n in ("sizes_ptr", "offsets_ptr") else "*fp32" if n in FLOAT32 else "*" + dtype
+               for n in names}
+        consts = {(names.index(k),): v for k, v in constexprs.items()}
+        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4})
+        count += 1
+print(f"compiled {count} kernel variants")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None or (shutil.which("ptxas") is None and not list(
+    Path(importlib.util.find_spec("triton").origin).parent.glob("backends/nvidia/bin/ptxas*"))),
+    reason="no triton or no ptxas to compile with")
+def test_triton_kernels_compile_for_h100():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "compiled 8 kernel variants" in result.stdout
