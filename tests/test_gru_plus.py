@@ -293,6 +293,26 @@ def test_torch_compile_fullgraph():
     assert_all_close(got, want)
 
 
+def test_torch_func_grad():
+    """Under torch.func the operator runs the family's autograd_forward (plain ops): its gradient equals the
+    hand-derived BPTT's."""
+    batch_sizes = (3,) * 3
+    xp, h0, params, masks = make_inputs(CONFIGS["all"], batch_sizes, 4, torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    weights = [torch.randn(9, 4, generator=gen, dtype=torch.float64), torch.randn(3, 4, generator=gen,
+                                                                                   dtype=torch.float64)]
+
+    def loss(xp, h0, w_hh):  # a random linear function of the outputs: random upstream gradients
+        out, (h_n,) = variant_ops.run("gru_plus", "reference", CONFIGS["all"], xp, None, [h0], [w_hh, *params[1:]],
+                                      masks, False)
+        return (out * weights[0]).sum() + (h_n * weights[1]).sum()
+
+    got = torch.func.grad(loss, argnums=(0, 1, 2))(xp.detach(), h0.detach(), params[0].detach())
+    want = torch.autograd.grad(loss(xp, h0, params[0]), [xp, h0, params[0]])
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert_close(a, b, "grad", f"grad {k}")
+
+
 @pytest.mark.parametrize("engine", ["reference", "cpu", "triton"])
 def test_empty_batch_gives_zeros(engine):
     if engine == "triton":

@@ -7,6 +7,10 @@ and HM, the previous states times the rdrop rows. Inputs float32, bfloat16 or fl
 dtypes and precision: float32 accumulation, float32 activations saved). Under TRITON_INTERPRET=1 the
 kernels run on CPU tensors (the tests); tile sizes there are small so that the tests' small sizes still
 loop over several tiles and chunks. No tuning: the tiles are plain powers of two.
+
+Memory beyond the reference engine's saved tensors: g (N, 3H) float32 is written even without layer norm
+(then a scratch buffer, dropped after the forward), and the backward keeps dhp (N, 3H) float32 for the
+parameter sums beside dg (N, 3H) in the input dtype for the products.
 """
 
 from __future__ import annotations
