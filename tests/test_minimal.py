@@ -108,12 +108,13 @@ def test_reference_scan_equals_the_loop(config, packing, hidden, reverse, dtype)
     assert_all_close(actual, expected, f"reference {config}")
 
 
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
 @pytest.mark.parametrize("config", CONFIGS)
-def test_gradcheck_float64(config):
+def test_gradcheck_float64(config, engine):
     batch_sizes = PACKINGS["packed_unsorted_T6"]
     xp, h0 = inputs(config, batch_sizes, 3, torch.float64)
     for reverse in (False, True):
-        fn = operator("reference", config, batch_sizes, reverse)
+        fn = operator(engine, config, batch_sizes, reverse)
         assert torch.autograd.gradcheck(fn, (xp, h0))
 
 
@@ -163,6 +164,15 @@ def test_cpu_equals_reference(config, packing, reverse, dtype):
     xp, h0 = inputs(config, batch_sizes, 7, dtype)
     expected = run_with_grads(operator("reference", config, batch_sizes, reverse), xp, h0)
     assert_all_close(run_with_grads(operator("cpu", config, batch_sizes, reverse), xp, h0), expected, "cpu")
+
+
+@pytest.mark.usefixtures("poison")
+@pytest.mark.parametrize("config", CONFIGS)
+def test_cpu_bfloat16_runs_the_float32_loop(config):
+    batch_sizes = PACKINGS["packed_unsorted_T6"]
+    xp, h0 = (t.detach().bfloat16().requires_grad_() for t in inputs(config, batch_sizes, 5, torch.float32))
+    expected = run_with_grads(operator("reference", config, batch_sizes, True), xp, h0)
+    assert_all_close(run_with_grads(operator("cpu", config, batch_sizes, True), xp, h0), expected, "cpu bf16")
 
 
 def triton_available() -> bool:
@@ -257,6 +267,11 @@ def test_layer_options_run_and_backprop(config, engine):
         assert_close(h_n, e_h_n, "output", "h_n")
         for a, e in zip(grads, e_grads, strict=True):
             assert_close(a, e, "grad", "parameter")
+    lengths = torch.tensor([5, 2, 4])
+    with_lengths, _ = layer(x, lengths=lengths)
+    packed, _ = layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    expected = torch.nn.utils.rnn.pad_packed_sequence(packed)[0]
+    assert_close(with_lengths[:expected.shape[0]], expected, "output", "lengths=")
     bf = cls(4, 6, batch_first=True, dropout=0.5, num_layers=2, engine=engine).train()
     out, h_n = bf(x.transpose(0, 1))
     assert out.shape == (3, 5, 6) and h_n.shape == (2, 3, 6)

@@ -56,7 +56,7 @@ def family(name: str):
     """The package of family `name` (imported on first use).
 
     Kept in a dict once imported: torch.compile traces a dict lookup, but not importlib.import_module
-    (a graph break), so a layer imports its family when it is built (nn.variants.VariantLayer)."""
+    (a graph break); rnnkit.nn.minimal imports its family and registers its operators when a layer is built."""
     if name in _FAMILIES:
         return _FAMILIES[name]
     if name not in FAMILY_NAMES:
