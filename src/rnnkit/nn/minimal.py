@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cells import minimal as cell
-from ..engines import variant_ops
 from .layers import Rows
 from .variants import VariantLayer
 
@@ -30,11 +29,6 @@ class MinimalLayer(VariantLayer):
 
     family = "minimal"
     config = ""  # "mingru" or "minlstm"
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        for engine in variant_ops.family(self.family).ENGINES:  # now, not first inside a torch.compile trace,
-            variant_ops.operator(self.family, engine)  # where importing and registering are graph breaks
 
     def parameter_shapes(self, layer_input: int) -> dict[str, tuple[int, ...]]:
         gate_size = cell.blocks(self.config) * self.hidden_size
