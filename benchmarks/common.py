@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: identical models, the timed work, the check before timing, timing, reporting.
+"""What the benchmark scripts share: identical models, the timed work, the check before timing, timing,
+the machine's load and the run's provenance, reporting (machine info, markdown tables, the JSON file).
 
 The scripts run from this directory (python benchmarks/NAME.py puts it first on sys.path), so they
 import this module as `common`. It is not part of the rnnkit package and not a test.
@@ -6,15 +7,21 @@ import this module as `common`. It is not part of the rnnkit package and not a t
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import gc
+import hashlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
@@ -57,6 +64,12 @@ def make_inputs(steps: int, batch: int, hidden: int) -> tuple[torch.Tensor, torc
     # A random gradient, not out.sum(): an all-ones gradient is a special case a kernel could exploit.
     g = torch.randn(steps, batch, hidden, generator=gen)
     return x, g
+
+
+def packed_lengths(steps: int, batch: int) -> torch.Tensor:
+    """Lengths spread evenly over [T/2, T], in a shuffled order so enforce_sorted=False has work to do."""
+    lengths = torch.linspace(steps / 2, steps, batch).round().long()
+    return lengths[torch.randperm(batch, generator=torch.Generator().manual_seed(3))]
 
 
 # ---------------------------------------------------------------- the work being timed
@@ -176,6 +189,94 @@ def time_alternating(runners: dict[str, callable], warmup: int, rounds: int) -> 
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+# ---------------------------------------------------------------- the machine's load (shared machines)
+
+BUSY_CORES = 0.3  # other processes' average cores above which a row is marked as having competed for CPUs
+
+
+def cpu_busy_s() -> float | None:
+    """Seconds that all CPUs of the machine have been busy since boot (/proc/stat), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_meter(into: dict):
+    """Average cores used during the block by this process (own) and by everything else (other).
+
+    Why: on a shared machine the load average lags by a minute and counts this process too. "other"
+    says directly whether a row's timings competed with other work for the cores.
+    """
+    wall0, own0, busy0 = time.perf_counter(), time.process_time(), cpu_busy_s()
+    yield
+    wall, own, busy = time.perf_counter() - wall0, time.process_time() - own0, cpu_busy_s()
+    into["own_cores"] = own / wall
+    into["other_cores"] = max(0.0, (busy - busy0 - own) / wall) if busy0 is not None else None
+
+
+def other_cores_now(interval_s: float = 0.25) -> float | None:
+    usage = {}
+    with cpu_meter(usage):
+        time.sleep(interval_s)
+    return usage["other_cores"]
+
+
+def wait_for_cores(threads: int, max_wait_s: float) -> dict:
+    """Wait until other processes leave `threads` cores free, for at most max_wait_s.
+
+    Why: with more busy threads than cores, every OpenMP barrier in torch waits for a descheduled
+    thread's next time slice, and calls get 10x to 1000x slower (seen on a 2-core machine with a
+    test suite running beside a 2-thread row). Such numbers say nothing about either contender, so a
+    configuration that cannot get its cores is reported as skipped instead.
+    """
+    start = time.perf_counter()
+    while True:
+        other = other_cores_now()
+        free = other is None or other <= (os.cpu_count() or 1) - threads + BUSY_CORES
+        if free or time.perf_counter() - start >= max_wait_s:
+            break
+        time.sleep(1.0)
+    return {"waited_s": round(time.perf_counter() - start, 1), "other_before": other, "starved": not free}
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def format_other(other: float | None) -> str:
+    """Other processes' cores for a table, marked "!" above BUSY_CORES (the row competed for the CPUs)."""
+    return f"{'-':>6}" if other is None else f"{other:>5.2f}{'!' if other > BUSY_CORES else ' '}"
+
+
+# ---------------------------------------------------------------- provenance: which rnnkit ran
+
+
+def package_dir() -> Path:
+    """Where rnnkit was imported from: this checkout's src/, or a snapshot put first on PYTHONPATH."""
+    return Path(rnnkit.__file__).resolve().parent
+
+
+def git_state() -> dict:
+    """Commit of the rnnkit that runs, and whether its sources differ from that commit."""
+    def git(*args):
+        proc = subprocess.run(["git", *args], cwd=package_dir(), capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+    return {"rnnkit_path": str(package_dir()), "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--", "."))}
+
+
+def engine_source_digest() -> str:
+    """Hash of the engine sources: differs between start and end if someone edited them during the run."""
+    h = hashlib.sha256()
+    for path in sorted((package_dir() / "engines").glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- reporting
 
 
@@ -230,3 +331,49 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+# ---------------------------------------------------------------- tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a table: its title, how a row gives its value (a key of the row dict, or a
+    function of the row), the format spec for a number, and the alignment ("<" for text)."""
+    title: str
+    value: str | Callable[[dict], Any]
+    fmt: str = ""
+    align: str = ">"
+
+    def text(self, row: dict) -> str:
+        v = self.value(row) if callable(self.value) else row.get(self.value)
+        if v is None:
+            return "-"  # not measured (a contender left out), not zero
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and self.fmt:
+            v = format(v, self.fmt)
+        return str(v).replace("|", "\\|")  # a literal | would split the cell
+
+
+def markdown_table(rows: list[dict], columns: list[Column], keys: int = 0,
+                   unmeasured: Callable[[dict], str | None] = lambda row: None) -> str:
+    """A markdown table of rows, padded so that it also reads as plain text.
+
+    The first `keys` columns name a row; where unmeasured(row) gives a reason (skipped, failed), the
+    row shows it in place of all other columns: its line ends there (markdown reads the missing cells
+    as empty), and the reason does not widen its column.
+    """
+    header = [c.title for c in columns]
+    body = []
+    for row in rows:
+        why = unmeasured(row)
+        body.append(([c.text(row) for c in columns[:keys]], why) if why else ([c.text(row) for c in columns], None))
+    widths = [max([len(header[i])] + [len(cells[i]) for cells, _ in body if i < len(cells)])
+              for i in range(len(columns))]
+
+    def line(cells, why=None):
+        padded = [f"{t:{c.align}{w}}" for t, c, w in zip(cells, columns, widths)]
+        return "| " + " | ".join(padded + ([why] if why else [])) + " |"
+
+    rule = "|" + "|".join((":" + "-" * (w + 1) if c.align == "<" else "-" * (w + 1) + ":")
+                          for c, w in zip(columns, widths)) + "|"
+    return "\n".join([line(header), rule] + [line(cells, why) for cells, why in body])

@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import json
 import math
 import os
@@ -61,14 +60,24 @@ from pathlib import Path
 
 import torch
 from common import (
+    BUSY_CORES,
+    Column,
     build_modules,
     check_result,
+    cpu_meter,
+    engine_source_digest,
     format_machine,
+    format_other,
+    git_state,
+    load_average,
     machine_info,
     make_inputs,
     make_runner,
+    markdown_table,
+    packed_lengths,
     time_rounds,
     train_step,
+    wait_for_cores,
     warm_up,
     write_json_atomic,
 )
@@ -229,58 +238,6 @@ def plan_rounds(cost_ms: dict[str, float], plan: Plan, slow: tuple[str, ...] = (
     return out
 
 
-def cpu_busy_s() -> float | None:
-    """Seconds that all CPUs of the machine have been busy since boot (/proc/stat), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def cpu_meter(into: dict):
-    """Average cores used during the block by this process (own) and by everything else (other).
-
-    Why: on a shared machine the load average lags by a minute and counts this process too. "other"
-    says directly whether a row's timings competed with other work for the cores.
-    """
-    wall0, own0, busy0 = time.perf_counter(), time.process_time(), cpu_busy_s()
-    yield
-    wall, own, busy = time.perf_counter() - wall0, time.process_time() - own0, cpu_busy_s()
-    into["own_cores"] = own / wall
-    into["other_cores"] = max(0.0, (busy - busy0 - own) / wall) if busy0 is not None else None
-
-
-BUSY_CORES = 0.3  # other processes' average cores above which a row is marked as having competed for CPUs
-
-
-def other_cores_now(interval_s: float = 0.25) -> float | None:
-    usage = {}
-    with cpu_meter(usage):
-        time.sleep(interval_s)
-    return usage["other_cores"]
-
-
-def wait_for_cores(threads: int, max_wait_s: float) -> dict:
-    """Wait until other processes leave `threads` cores free, for at most max_wait_s.
-
-    Why: with more busy threads than cores, every OpenMP barrier in torch waits for a descheduled
-    thread's next time slice, and calls get 10x to 1000x slower (seen on this 2-core machine with a
-    test suite running beside a 2-thread row). Such numbers say nothing about either contender, so a
-    configuration that cannot get its cores is reported as skipped instead.
-    """
-    start = time.perf_counter()
-    while True:
-        other = other_cores_now()
-        free = other is None or other <= (os.cpu_count() or 1) - threads + BUSY_CORES
-        if free or time.perf_counter() - start >= max_wait_s:
-            break
-        time.sleep(1.0)
-    return {"waited_s": round(time.perf_counter() - start, 1), "other_before": other, "starved": not free}
-
-
 def skipped_row(gate: dict, **fields) -> dict:
     print(f"  skipped {fields}: other processes used {gate['other_before']:.2f} cores", file=sys.stderr, flush=True)
     return {**fields, "skipped": f"other processes used {gate['other_before']:.2f} cores", **gate}
@@ -390,7 +347,7 @@ def bench_layer_config(cell: str, shape: tuple, threads_list: tuple, engines: tu
                          "ratio": ms["torch"] / ms["cpu"], "gflop": n / 1e9,
                          "gflops": {name: n / 1e6 / t for name, t in ms.items()}, "rounds": rounds, **usage, **gate})
             print(f"  layers {label} {mode}: torch {ms['torch']:.2f} ms, cpu {ms['cpu']:.2f} ms, "
-                  f"other cores {other_cores(usage).strip()}",
+                  f"other cores {other(usage).strip()}",
                   file=sys.stderr, flush=True)
     return rows
 
@@ -458,12 +415,6 @@ def bench_streaming(plan: Plan, threads_list: tuple, engines: tuple) -> list[dic
 
 
 # ---------------------------------------------------------------- part: packed batch
-
-
-def packed_lengths(steps: int, batch: int) -> torch.Tensor:
-    """Lengths spread evenly over [T/2, T], in a shuffled order so enforce_sorted=False has work to do."""
-    lengths = torch.linspace(steps / 2, steps, batch).round().long()
-    return lengths[torch.randperm(batch, generator=torch.Generator().manual_seed(3))]
 
 
 def bench_packed_config(cell: str, plan: Plan, threads_list: tuple) -> list[dict]:
@@ -634,34 +585,7 @@ def bench_coldstart() -> list[dict]:
     return runs
 
 
-# ---------------------------------------------------------------- environment of the run
-
-
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def package_dir() -> Path:
-    """Where rnnkit was imported from: this checkout's src/, or a snapshot put first on PYTHONPATH."""
-    import rnnkit
-    return Path(rnnkit.__file__).resolve().parent
-
-
-def git_state() -> dict:
-    """Commit of the rnnkit that runs, and whether its sources differ from that commit."""
-    def git(*args):
-        proc = subprocess.run(["git", *args], cwd=package_dir(), capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else None
-    return {"rnnkit_path": str(package_dir()), "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--", "."))}
-
-
-def engine_source_digest() -> str:
-    """Hash of the engine sources: differs between start and end if someone edited them during the run."""
-    h = hashlib.sha256()
-    for path in sorted((package_dir() / "engines").glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
+# ---------------------------------------------------------------- before timing
 
 
 def warm_numba() -> None:
@@ -675,110 +599,87 @@ def warm_numba() -> None:
 # ---------------------------------------------------------------- reporting
 
 
-def fraction(gflops: float, ceiling: dict, threads: int) -> str:
+def fraction(gflops: float, ceiling: dict, threads: int) -> float | None:
+    """The share of the GEMM ceiling at this thread count reached, or None without a ceiling."""
     c = ceiling.get(threads)
-    return f"{gflops / c:>5.2f}" if c else f"{'-':>5}"
+    return gflops / c if c else None
 
 
-def other_cores(row: dict) -> str:
-    other = row.get("other_cores")
-    return f"{'-':>6}" if other is None else f"{other:>5.2f}{'!' if other > BUSY_CORES else ' '}"
-
-
-def skipped_or(r: dict, body) -> str:
-    """A row's measured columns, or why it was not measured."""
-    return f"skipped: {r['skipped']} (waited {r['waited_s']:.0f} s)" if r.get("skipped") else body(r)
+def skip_reason(r: dict) -> str | None:
+    """Why a row was not measured, shown in place of its measured columns."""
+    return f"skipped: {r['skipped']} (waited {r['waited_s']:.0f} s)" if r.get("skipped") else None
 
 
 def spread(r: dict, name: str) -> str:
     return f"{100 * r['spread'][name]:.0f}%"
 
 
-def ms_or_dash(v, width: int = 9, digits: int = 2) -> str:
-    return f"{v:>{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
+def other(r: dict) -> str:
+    return format_other(r.get("other_cores"))
 
 
 def format_ceiling(start: list[dict], end: list[dict]) -> str:
-    header = f"{'library':<9} {'threads':>7} {'start GF/s':>10} {'(best)':>8} {'end GF/s':>9} {'(best)':>8}"
-    lines = [header, "-" * len(header)]
     ends = {(e["library"], e["threads"]): e for e in end}
-    for s in start:
-        e = ends.get((s["library"], s["threads"]))
-        end_part = f"{e['median_gflops']:>9.1f} {e['best_gflops']:>8.1f}" if e else f"{'-':>9} {'-':>8}"
-        lines.append(f"{s['library']:<9} {s['threads']:>7} {s['median_gflops']:>10.1f} {s['best_gflops']:>8.1f} "
-                     f"{end_part}")
-    return "\n".join(lines)
+
+    def at_end(key):
+        return lambda s: ends.get((s["library"], s["threads"]), {}).get(key)
+
+    return markdown_table(start, [
+        Column("library", "library", align="<"), Column("threads", "threads"),
+        Column("start GF/s", "median_gflops", ".1f"), Column("(best)", "best_gflops", ".1f"),
+        Column("end GF/s", at_end("median_gflops"), ".1f"), Column("(best)", at_end("best_gflops"), ".1f")])
 
 
 def format_layers(rows: list[dict], ceiling: dict) -> str:
-    header = (f"{'cell':<4} {'T':>4} {'B':>3} {'H':>4} {'mode':<7} {'thr':>3} {'torch ms':>9} {'ref ms':>9} "
-              f"{'cpu ms':>9} {'t/cpu':>6} {'cpu GF/s':>8} {'frac':>5} {'torch GF/s':>10} {'frac':>5} {'rounds':>8} "
-              f"{'other':>6} {'iqr t/c':>8} {'path':>4}")
+    def frac(name):
+        return lambda r: fraction(r["gflops"][name], ceiling, r["threads"])
 
-    def body(r):
-        rounds = f"{r['rounds']['cpu']}/{r['rounds'].get('reference', '-')}"
-        return (f"{r['torch_ms']:>9.2f} {ms_or_dash(r['reference_ms'])} {r['cpu_ms']:>9.2f} {r['ratio']:>6.2f} "
-                f"{r['gflops']['cpu']:>8.1f} {fraction(r['gflops']['cpu'], ceiling, r['threads'])} "
-                f"{r['gflops']['torch']:>10.1f} {fraction(r['gflops']['torch'], ceiling, r['threads'])} "
-                f"{rounds:>8} {other_cores(r)} {spread(r, 'torch') + '/' + spread(r, 'cpu'):>8} {r.get('path', '-'):>4}")
-
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(f"{r['cell']:<4} {r['T']:>4} {r['B']:>3} {r['H']:>4} {r['mode']:<7} {r['threads']:>3} "
-                     f"{skipped_or(r, body)}")
-    return "\n".join(lines)
+    return markdown_table(rows, [
+        Column("cell", "cell", align="<"), Column("T", "T"), Column("B", "B"), Column("H", "H"),
+        Column("mode", "mode", align="<"), Column("thr", "threads"),
+        Column("torch ms", "torch_ms", ".2f"), Column("ref ms", "reference_ms", ".2f"),
+        Column("cpu ms", "cpu_ms", ".2f"), Column("t/cpu", "ratio", ".2f"),
+        Column("cpu GF/s", lambda r: r["gflops"]["cpu"], ".1f"), Column("frac", frac("cpu"), ".2f"),
+        Column("torch GF/s", lambda r: r["gflops"]["torch"], ".1f"), Column("frac", frac("torch"), ".2f"),
+        Column("rounds", lambda r: f"{r['rounds']['cpu']}/{r['rounds'].get('reference', '-')}"),
+        Column("other", other), Column("iqr t/c", lambda r: spread(r, "torch") + "/" + spread(r, "cpu")),
+        Column("path", "path")], keys=6, unmeasured=skip_reason)
 
 
 def format_streaming(rows: list[dict]) -> str:
-    header = (f"{'cell':<8} {'B':>2} {'H':>4} {'thr':>3} {'torch us':>9} {'ref us':>9} {'cpu us':>9} {'t/cpu':>6} "
-              f"{'rounds':>6} {'other':>6}")
-
-    def body(r):
-        return (f"{r['torch_us']:>9.1f} {ms_or_dash(r['reference_us'], digits=1)} {r['cpu_us']:>9.1f} "
-                f"{r['ratio']:>6.2f} {r['rounds']['cpu']:>6} {other_cores(r)}")
-
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(f"{r['cell']:<8} {r['B']:>2} {r['H']:>4} {r['threads']:>3} {skipped_or(r, body)}")
-    return "\n".join(lines)
+    return markdown_table(rows, [
+        Column("cell", "cell", align="<"), Column("B", "B"), Column("H", "H"), Column("thr", "threads"),
+        Column("torch us", "torch_us", ".1f"), Column("ref us", "reference_us", ".1f"),
+        Column("cpu us", "cpu_us", ".1f"), Column("t/cpu", "ratio", ".2f"),
+        Column("rounds", lambda r: r["rounds"]["cpu"]), Column("other", other)], keys=4, unmeasured=skip_reason)
 
 
 def format_packed(rows: list[dict]) -> str:
-    header = (f"{'cell':<4} {'mode':<7} {'thr':>3} {'torch pad':>9} {'torch pack':>10} {'cpu pad':>9} "
-              f"{'cpu pack':>9} {'cpu pack/pad':>12} {'torch pack/pad':>14} {'t/cpu pack':>10} {'rounds':>6} "
-              f"{'other':>6}")
-
-    def body(r):
-        return (f"{r['torch_padded_ms']:>9.2f} {r['torch_packed_ms']:>10.2f} {r['cpu_padded_ms']:>9.2f} "
-                f"{r['cpu_packed_ms']:>9.2f} {r['cpu_packed_over_padded']:>12.2f} "
-                f"{r['torch_packed_over_padded']:>14.2f} {r['packed_ratio']:>10.2f} {r['rounds']['cpu_packed']:>6} "
-                f"{other_cores(r)}")
-
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(f"{r['cell']:<4} {r['mode']:<7} {r['threads']:>3} {skipped_or(r, body)}")
-    return "\n".join(lines)
+    return markdown_table(rows, [
+        Column("cell", "cell", align="<"), Column("mode", "mode", align="<"), Column("thr", "threads"),
+        Column("torch pad", "torch_padded_ms", ".2f"), Column("torch pack", "torch_packed_ms", ".2f"),
+        Column("cpu pad", "cpu_padded_ms", ".2f"), Column("cpu pack", "cpu_packed_ms", ".2f"),
+        Column("cpu pack/pad", "cpu_packed_over_padded", ".2f"),
+        Column("torch pack/pad", "torch_packed_over_padded", ".2f"), Column("t/cpu pack", "packed_ratio", ".2f"),
+        Column("rounds", lambda r: r["rounds"]["cpu_packed"]), Column("other", other)], keys=3, unmeasured=skip_reason)
 
 
 def format_memory(rows: list[dict]) -> str:
-    header = (f"{'cell':<4} {'T':>4} {'B':>2} {'H':>4} {'torch MiB':>9} {'(2nd)':>7} {'cpu MiB':>8} {'(2nd)':>7} "
-              f"{'cpu/torch':>9} {'(T,B,H) MiB':>11}")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        t, c = r["torch"], r["cpu"]
-        lines.append(f"{r['cell']:<4} {r['T']:>4} {r['B']:>2} {r['H']:>4} {t['first_mib']:>9.1f} "
-                     f"{t['second_mib']:>7.1f} {c['first_mib']:>8.1f} {c['second_mib']:>7.1f} "
-                     f"{r['cpu_over_torch']:>9.2f} {r['tbh_tensor_mib']:>11.1f}")
-    return "\n".join(lines + [f"method: {rows[0]['cpu']['method']}"] if rows else lines)
+    def mib(who, which):
+        return lambda r: r[who][which]
+
+    table = markdown_table(rows, [
+        Column("cell", "cell", align="<"), Column("T", "T"), Column("B", "B"), Column("H", "H"),
+        Column("torch MiB", mib("torch", "first_mib"), ".1f"), Column("(2nd)", mib("torch", "second_mib"), ".1f"),
+        Column("cpu MiB", mib("cpu", "first_mib"), ".1f"), Column("(2nd)", mib("cpu", "second_mib"), ".1f"),
+        Column("cpu/torch", "cpu_over_torch", ".2f"), Column("(T,B,H) MiB", "tbh_tensor_mib", ".1f")])
+    return table + (f"\nmethod: {rows[0]['cpu']['method']}" if rows else "")
 
 
 def format_coldstart(runs: list[dict]) -> str:
-    header = f"{'run':<18} {'wall s':>7} {'import s':>9} {'first call s':>12} {'busy cores':>10}"
-    lines = [header, "-" * len(header)]
-    for r in runs:
-        busy = f"{r['cores_busy']:>10.2f}" if r["cores_busy"] is not None else f"{'-':>10}"
-        lines.append(f"{r['run']:<18} {r['wall_s']:>7.2f} {r['import_s']:>9.2f} {r['first_call_s']:>12.2f} {busy}")
-    return "\n".join(lines)
+    return markdown_table(runs, [
+        Column("run", "run", align="<"), Column("wall s", "wall_s", ".2f"), Column("import s", "import_s", ".2f"),
+        Column("first call s", "first_call_s", ".2f"), Column("busy cores", "cores_busy", ".2f")])
 
 
 def print_report(results: dict, ceiling: dict) -> None:

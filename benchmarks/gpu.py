@@ -53,7 +53,7 @@ import torch  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import rnnkit  # noqa: E402
-from common import machine_info, write_json_atomic  # noqa: E402
+from common import Column, machine_info, markdown_table, packed_lengths, write_json_atomic  # noqa: E402
 from rnnkit.engines import triton as tri  # noqa: E402
 from rnnkit.testing import relative_error  # noqa: E402
 
@@ -83,12 +83,6 @@ def build(cell: str, inp: int, hidden: int, dtype, engine: str | None, proj: int
     kit = getattr(rnnkit, cell)(inp, hidden, **kw, engine=engine)
     kit.load_state_dict(ref.state_dict(), strict=True)  # a renamed parameter must fail, not time half a model
     return kit.to(DEVICE, dtype)
-
-
-def packed_lengths(steps: int, batch: int) -> torch.Tensor:
-    """Lengths spread evenly over [T/2, T], shuffled so enforce_sorted=False has work to do."""
-    lengths = torch.linspace(steps / 2, steps, batch).round().long()
-    return lengths[torch.randperm(batch, generator=torch.Generator().manual_seed(3))]
 
 
 def make_input(steps: int, batch: int, inp: int, dtype, packed: bool, seed: int = 1):
@@ -388,33 +382,34 @@ def part_tune(save) -> list[dict]:
 # ---------------------------------------------------------------- report
 
 
+def not_measured(r: dict) -> str | None:
+    """Why a row has no timings, shown in place of them."""
+    if "failed" in r:
+        return "FAILED: " + r["failed"]
+    return "skipped: " + r["skipped"] if "skipped" in r else None
+
+
 def format_layers(rows: list[dict]) -> str:
-    head = (f"{'cell':5s} {'dtype':8s} {'B':>4s} {'H':>5s} {'mode':8s} {'torch ms':>9s} {'triton ms':>9s} "
-            f"{'t/tri':>6s} {'strategy':10s} {'alt ms':>8s} {'t/alt':>6s} {'rounds':>6s}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "failed" in r or "skipped" in r:
-            lines.append(f"{r['cell']:5s} {r['dtype']:8s} {r['B']:4d} {r['H']:5d} {r['mode']:8s} "
-                         f"{'FAILED: ' + r['failed'] if 'failed' in r else 'skipped: ' + r['skipped']}")
-            continue
-        alt = (f"{r['alt_ms']:8.2f} {r['alt_ratio']:6.2f}" if "alt_ms" in r else f"{'n/a':>8s} {'':6s}")
-        lines.append(f"{r['cell']:5s} {r['dtype']:8s} {r['B']:4d} {r['H']:5d} {r['mode']:8s} {r['torch_ms']:9.2f} "
-                     f"{r['auto_ms']:9.2f} {r['ratio']:6.2f} {r['auto_strategy']:10s} {alt} {r['rounds']:6d}")
-    return "\n".join(lines)
+    return markdown_table(rows, [
+        Column("cell", "cell", align="<"), Column("dtype", "dtype", align="<"), Column("B", "B"), Column("H", "H"),
+        Column("mode", "mode", align="<"), Column("torch ms", "torch_ms", ".2f"),
+        Column("triton ms", "auto_ms", ".2f"), Column("t/tri", "ratio", ".2f"),
+        Column("strategy", "auto_strategy", align="<"),
+        Column("alt ms", lambda r: r.get("alt_ms", "n/a"), ".2f"),  # n/a: the other strategy could not run
+        Column("t/alt", lambda r: r.get("alt_ratio", ""), ".2f"), Column("rounds", "rounds")],
+        keys=5, unmeasured=not_measured)
 
 
 def format_packed(rows: list[dict]) -> str:
-    head = (f"{'cell':5s} {'mode':8s} {'torch pad':>9s} {'torch pk':>9s} {'tri pad':>9s} {'tri pk':>9s} "
-            f"{'tri pk/pad':>10s} {'torch pk/pad':>12s}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "failed" in r or "skipped" in r:
-            lines.append(f"{r['cell']:5s} {r['mode']:8s} {r.get('failed') or 'skipped: ' + r['skipped']}")
-            continue
-        lines.append(f"{r['cell']:5s} {r['mode']:8s} {r['torch_padded_ms']:9.2f} {r['torch_packed_ms']:9.2f} "
-                     f"{r['triton_padded_ms']:9.2f} {r['triton_packed_ms']:9.2f} "
-                     f"{r['triton_packed_over_padded']:10.2f} {r['torch_packed_over_padded']:12.2f}")
-    return "\n".join(lines)
+    def packed_not_measured(r):  # a packed failure already says which form failed
+        return r["failed"] if "failed" in r else not_measured(r)
+
+    return markdown_table(rows, [
+        Column("cell", "cell", align="<"), Column("mode", "mode", align="<"),
+        Column("torch pad", "torch_padded_ms", ".2f"), Column("torch pk", "torch_packed_ms", ".2f"),
+        Column("tri pad", "triton_padded_ms", ".2f"), Column("tri pk", "triton_packed_ms", ".2f"),
+        Column("tri pk/pad", "triton_packed_over_padded", ".2f"),
+        Column("torch pk/pad", "torch_packed_over_padded", ".2f")], keys=2, unmeasured=packed_not_measured)
 
 
 def targets(rows: list[dict], packed: list[dict]) -> list[str]:
@@ -551,10 +546,11 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001  (report the row, go on with the next)
                 row = {**row_id, "failed": failure(e)}
         payload[part].append(row)
+        # the new row as the last line of its table so far, so that the progress lines stay aligned
         if part == "layers":
-            print(format_layers([row]).splitlines()[-1], flush=True)
+            print(format_layers(payload["layers"]).splitlines()[-1], flush=True)
         else:
-            print("packed " + format_packed([row]).splitlines()[-1], flush=True)
+            print("packed " + format_packed(payload["packed"]).splitlines()[-1], flush=True)
         save()
         tri._graphs.clear()  # the captured graphs' static buffers of this row
         torch.cuda.empty_cache()

@@ -49,11 +49,20 @@ from .ops import no_autocast, steps
 FAMILY_NAMES = ("lstm_plus", "gru_plus", "minimal", "slstm")
 
 
+_FAMILIES: dict[str, object] = {}
+
+
 def family(name: str):
-    """The package of family `name` (imported on first use)."""
+    """The package of family `name` (imported on first use).
+
+    Kept in a dict once imported: torch.compile traces a dict lookup, but not importlib.import_module
+    (a graph break); rnnkit.nn.minimal imports its family and registers its operators when a layer is built."""
+    if name in _FAMILIES:
+        return _FAMILIES[name]
     if name not in FAMILY_NAMES:
         raise ValueError(f"unknown cell family {name!r}: expected one of {', '.join(map(repr, FAMILY_NAMES))}")
-    return importlib.import_module(f"{__package__}.{name}")
+    _FAMILIES[name] = importlib.import_module(f"{__package__}.{name}")
+    return _FAMILIES[name]
 
 
 def fake_outputs(fam, engine, config, xp: Tensor, states: list[Tensor], params: list[Tensor]) -> list[Tensor]:
@@ -158,28 +167,29 @@ def operator(family_name: str, engine_name: str):
     return _OPS[key]
 
 
+def register(family_name: str) -> None:
+    """Import a family and register its operators on every engine. Layers call this when they are built:
+    importing and registering inside a torch.compile trace would break the graph."""
+    for engine_name in family(family_name).ENGINES:
+        operator(family_name, engine_name)
+
+
 def register_all() -> None:
     """Register every family's operators (so that torch.ops.rnnkit.* exist before anything traces them)."""
     for name in FAMILY_NAMES:
-        for engine_name in family(name).ENGINES:
-            operator(name, engine_name)
+        register(name)
 
 
-def resolve(family_name: str, name: str, x: Tensor) -> str:
-    """The engine that runs family `family_name` for input x: "auto" picks triton on CUDA, else cpu, else
-    reference; a named engine runs or raises saying why not. "aten" (torch's fused LSTM) has no kernel for
-    these cells and hands them to cpu, as it does every call it cannot run."""
-    return resolve_for(family_name, name, x.device.type, x.dtype)
-
-
-def resolve_for(family_name: str, name: str, device_type: str, dtype: torch.dtype) -> str:
-    """`resolve` from what it depends on, so that torch.compile can take its result as a constant."""
-    x = torch.empty(0, device=device_type, dtype=dtype)
+def resolve(family_name: str, name: str, device_type: str, dtype: torch.dtype) -> str:
+    """The engine that runs family `family_name` for a tensor of this device and dtype: "auto" picks triton
+    on CUDA, else cpu, else reference; a named engine runs or raises saying why not. "aten" (torch's fused
+    LSTM) has no kernel for these cells and hands them to cpu, as it does every call it cannot run."""
     engines = family(family_name).ENGINES
+    x = torch.empty(0, device=device_type, dtype=dtype)
     if name == "aten":
         name = "cpu"
     if name == "auto":
-        order = ("triton", "cpu", "reference") if x.device.type == "cuda" else ("cpu", "reference")
+        order = ("triton", "cpu", "reference") if device_type == "cuda" else ("cpu", "reference")
         name = next(e for e in order if e in engines and engines[e].why_not(x) is None)
     reason = engines[name].why_not(x) if name in engines else f"the {family_name} cells have no {name} kernels"
     if reason is not None:
@@ -187,9 +197,8 @@ def resolve_for(family_name: str, name: str, device_type: str, dtype: torch.dtyp
     return name
 
 
-# For torch.compile, resolve_for's result is a constant of the trace (its inputs are guarded), as
-# rnnkit.engines.resolve's: tracing into it would break the graph at importlib.import_module.
-resolve_for._dynamo_marked_constant = True
+# A constant of a torch.compile trace (its inputs are guarded), as engines.resolve is
+resolve._dynamo_marked_constant = True
 
 
 def run(family_name: str, engine_name: str, config: str, xp: Tensor, batch_sizes, states: list[Tensor],

@@ -110,6 +110,9 @@ class RecurrentLayer(nn.Module):
             weight_drop=weight_drop))
         self.layer_norm, self.peephole, self.zoneout = layer_norm, peephole, zoneout
         self.recurrent_dropout, self.weight_drop = float(recurrent_dropout), float(weight_drop)
+        if mode in options.OPTIONS_FAMILY and (layer_norm or peephole or self.zoneout_h or self.recurrent_dropout):
+            from ..engines import variant_ops  # now, not first inside a torch.compile trace (a graph break)
+            variant_ops.register(options.OPTIONS_FAMILY[mode])
         self.mode, self.engine = mode, engine
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)

@@ -103,7 +103,8 @@ def recurrence(layer, index: int, direction: int, x: Tensor, rows):
         params.append(empty(x) if peephole is None else peephole)
         if peephole is not None:
             words.append("peephole")
-    return ",".join(words), xp, params, draw_masks(layer, x, rows, words)
+    masks = draw_masks(layer, x, rows, words)  # adds the words of the masks it draws
+    return ",".join(words), xp, params, masks
 
 
 def draw_masks(layer, x: Tensor, rows, words: list[str]) -> list[Tensor]:

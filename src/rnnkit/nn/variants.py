@@ -48,7 +48,7 @@ def variant_forward(layer: RecurrentLayer, family: str, input, hx, lengths):
                                   "the model on padded input without lengths, or on a PackedSequence-free path")
     states0 = layer.initial_state_list(hx, rows, form.unbatched)  # each (L*D, B, .)
     engine = variant_ops.resolve(family, engines.auto_choice() if layer.engine == "auto" else layer.engine,
-                                 rows.data)
+                                 rows.data.device.type, rows.data.dtype)
     x, finals = rows.data, [[] for _ in states0]
     for index in range(layer.num_layers):
         outs = []
@@ -97,6 +97,7 @@ class VariantLayer(RecurrentLayer):
                  dtype=None, *, engine: str = "auto") -> None:
         super().__init__(type(self).__name__.upper(), input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine)
+        variant_ops.register(self.family)
 
     def active_family(self) -> str:
         return self.family

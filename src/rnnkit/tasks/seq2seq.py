@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from ..data import UNK, DataError, Vocab, epoch_order
+from ..data import UNK, DataError, Vocab
 from ..train.config import RunConfig
 from ..train.interface import TaskBase
-from .common import BOS, EOS, EVAL_BATCH, PAD_ID, SPECIALS, special_id
+from .common import BOS, EOS, EVAL_BATCH, PAD_ID, SPECIALS, pooled_batches, special_id, torch_stream
 from .models.seq2seq import Seq2Seq
-POOL = 50                            # batches whose examples are sorted by length together (less padding)
 PLOT_EXAMPLES = 3                    # attention heat maps saved after training
 
 
@@ -84,18 +83,6 @@ class Pairs:
                 pad_sequence([self.targets[i] for i in idx], batch_first=True))
 
 
-def length_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """One epoch's batches of indices: shuffled, sorted by length within pools of POOL batches
-    (so a batch holds similar lengths), then the batches shuffled. A function of (seed, epoch)."""
-    order = epoch_order(len(lengths), True, seed, epoch)
-    pool, out = batch_size * POOL, []
-    for i in range(0, len(order), pool):
-        chunk = order[i:i + pool]
-        out += list(chunk[lengths[chunk].argsort(stable=True)].split(batch_size))
-    shuffle = epoch_order(len(out), True, seed + 1, epoch)
-    return [out[i] for i in shuffle.tolist()]
-
-
 class Seq2SeqTask(TaskBase):
     """Subclasses set `metric` and `higher_is_better` and define
     source_tokens(text) -> list[str], target_text(tokens) -> str, and
@@ -132,8 +119,8 @@ class Seq2SeqTask(TaskBase):
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         if self._epoch_batches is None or self._epoch_batches[0] != epoch:
             train = self.splits["train"]
-            self._epoch_batches = (epoch, length_batches(train.lengths, self.config.train.batch_size,
-                                                         self.config.train.seed, epoch))
+            stream = torch_stream(self.config.train.seed, epoch)
+            self._epoch_batches = (epoch, pooled_batches(train.lengths, self.config.train.batch_size, stream))
         return self._epoch_batches[1]
 
     def num_batches(self) -> int:

@@ -25,12 +25,11 @@ from ..data import UNK, DataError, Vocab, num_batches, peoples_daily_splits
 from ..data.pos import POS_SPLIT_SEED, held_out
 from ..train.config import RunConfig
 from ..train.interface import TaskBase
-from .common import EVAL_BATCH, PAD, length_mask
+from .common import EVAL_BATCH, PAD, length_mask, numpy_stream, pooled_batches
 from .models.tagger import Tagger
 
 MIN_COUNT = 2  # words (characters) seen once in training read as <unk>, so <unk>'s embedding is trained
 MAX_WORD_CHARS = 8  # a longer word keeps its first 7 characters and its last
-POOL_BATCHES = 50  # training batches drawn from one pool of similar-length sentences
 
 
 def token_accuracy(predicted: Tensor, gold: Tensor, mask: Tensor) -> tuple[int, int]:
@@ -91,20 +90,9 @@ def char_ids(words: list[str], chars: Vocab, cache: dict[str, list[int]]) -> Ten
 
 
 def pooled_order(lengths: Tensor, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """An epoch's batches: shuffle, sort pools of POOL_BATCHES batches by length, cut, shuffle the batches.
-
-    Sentences of similar length share a batch, so little of a batch is padding (the CRF's loop
-    runs to the longest sentence); the order depends on (seed, epoch) alone, so a resumed run
-    sees the same batches.
-    """
-    g = np.random.default_rng(np.random.SeedSequence([seed, epoch]))
-    order = g.permutation(len(lengths))
-    pool, out = batch_size * POOL_BATCHES, []
-    for p in range(0, len(order), pool):
-        chunk = order[p : p + pool]
-        chunk = chunk[np.argsort(lengths[chunk].numpy(), kind="stable")]
-        out.extend(chunk[b : b + batch_size].tolist() for b in range(0, len(chunk), batch_size))
-    return [out[i] for i in g.permutation(len(out))]
+    """An epoch's batches of sentence indices, sentences of similar length together (the CRF's
+    loop runs to the longest sentence), drawn with the tagging task's own numpy stream."""
+    return [b.tolist() for b in pooled_batches(lengths, batch_size, numpy_stream(seed, epoch))]
 
 
 # ---------------------------------------------------------------- the task

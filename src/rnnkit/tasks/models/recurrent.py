@@ -18,6 +18,9 @@ CELLS = {
     "gru": (rnn_layers.GRU, rnn_layers.GRUCell, {}),
     "rnn": (rnn_layers.RNN, rnn_layers.RNNCell, {"nonlinearity": "tanh"}),
     "rnn-relu": (rnn_layers.RNN, rnn_layers.RNNCell, {"nonlinearity": "relu"}),
+    # cells torch.nn lacks: whole-sequence layers only (no step cell; step decoders refuse them in the config)
+    "mingru": (rnn_layers.MinGRU, None, {}),
+    "minlstm": (rnn_layers.MinLSTM, None, {}),
 }
 
 
