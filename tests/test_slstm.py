@@ -470,3 +470,18 @@ def test_torch_func_grad_runs_the_plain_ops_recurrence():
     want = torch.autograd.grad(loss(xp, r), [xp, r])
     for a, e in zip(got, want, strict=True):
         assert_close(a, e, "grad", "torch.func.grad")
+
+
+def test_layer_step_equals_the_whole_sequence():
+    layer, x = layer_and_inputs(num_layers=2)
+    hx = random_hx(layer, 2)
+    out, states = layer(x, hx)
+    carried, ys = hx, []
+    for t in range(x.shape[0]):
+        y, carried = layer.step(x[t], carried)
+        ys.append(y)
+    assert_close(torch.stack(ys), out, "output", "stepped output")
+    for a, e in zip(carried, states, strict=True):
+        assert_close(a, e, "output", "stepped state")
+    y, unbatched = layer.step(x[0, 0])
+    assert y.shape == (6,) and all(s.shape == (2, 6) for s in unbatched)

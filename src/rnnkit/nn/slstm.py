@@ -5,6 +5,9 @@ normaliser state n and a stabiliser state m, and block-diagonal recurrent weight
 per head. The layer computes xp = W_ih x + b_ih for all steps at once and the operator of
 rnnkit.engines.slstm runs the time loop (engine "auto": triton on CUDA, cpu otherwise).
 
+`layer.step(x_t, hx)` advances a unidirectional layer by one time step in O(1) memory (generation,
+streaming); stepping through a sequence gives the whole-sequence call's output and final states.
+
 Example:
     >>> import torch
     >>> from rnnkit.nn.slstm import SLSTM
@@ -16,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..cells import slstm as cell
 from .layers import Rows
 from .variants import VariantLayer
 
@@ -61,6 +66,42 @@ class SLSTM(VariantLayer):
         w = self.weights(index, direction)
         xp = F.linear(x, w["weight_ih"], w.get("bias_ih"))  # (N, 4H), all steps at once
         return f"heads={self.num_heads}", xp, [w["weight_hh"]], []
+
+    def step(self, x: Tensor, hx=None) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """One time step of every layer: x (B, I) or (I,); hx = (h, c, n, m), each (L, B, H) (or (L, H) for an
+        unbatched x), or None (zeros). Returns (y (B, H) the top layer's h, (h, c, n, m) new). Plain torch ops
+        (rnnkit.cells.slstm.forward), so autograd differentiates it when it is on."""
+        name = type(self).__name__
+        if self.bidirectional:
+            raise ValueError(f"{name}.step: a bidirectional layer needs the whole sequence; step runs one direction")
+        if x.dim() not in (1, 2):
+            raise ValueError(f"{name}.step: x should be (batch, input_size) or (input_size,), got {tuple(x.shape)}")
+        unbatched = x.dim() == 1
+        x = x.unsqueeze(0) if unbatched else x
+        shape = (self.num_layers, x.shape[0], self.hidden_size)
+        if hx is None:
+            states = [x.new_zeros(shape) for _ in self.state_names]
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 4:
+                raise TypeError(f"{name}.step: hx should be a tuple (h, c, n, m), got {type(hx).__name__}")
+            states = [s.unsqueeze(1) if unbatched else s for s in hx]
+            for state_name, s in zip(self.state_names, states, strict=True):
+                if tuple(s.shape) != shape:
+                    raise ValueError(f"{name}.step: {state_name} should be {shape}, got {tuple(s.shape)}")
+        new = [[] for _ in states]
+        for index in range(self.num_layers):
+            w = self.weights(index, 0)
+            xp = F.linear(x, w["weight_ih"], w.get("bias_ih"))  # (B, 4H)
+            layer_new, _ = cell.forward(xp, tuple(s[index] for s in states), w["weight_hh"], self.num_heads)
+            for acc, t in zip(new, layer_new, strict=True):
+                acc.append(t)
+            x = layer_new[0]
+            if self.dropout > 0 and self.training and index < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        stacked = tuple(torch.stack(s) for s in new)
+        if unbatched:
+            return x.squeeze(0), tuple(s.squeeze(1) for s in stacked)
+        return x, stacked
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
