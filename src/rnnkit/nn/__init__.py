@@ -3,6 +3,7 @@
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 from .minimal import MinGRU, MinLSTM
+from .slstm import SLSTM
 from .stream import Stream
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "MinGRU", "MinLSTM"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "MinGRU", "MinLSTM", "SLSTM"]
