@@ -84,8 +84,8 @@ def forward(config, xp, batch_sizes, states, params, masks, reverse):
     pre = empty(xp, 4, n, hidden)
     hp = empty(xp, h.shape[0], 4 * hidden)
     kernels().slstm_forward(gemm_fn(xp.dtype), arr(xp), arr(per_head(params[0], heads)), arr(h), arr(c), arr(nn),
-                            arr(m), sizes, offsets, reverse, arr(out), arr(cs), arr(ns), arr(ms), *(arr(p) for p in pre),
-                            arr(hp), arr(empty(xp, *hp.shape)))
+                            arr(m), sizes, offsets, reverse, arr(out), arr(cs), arr(ns), arr(ms),
+                            *(arr(p) for p in pre), arr(hp), arr(empty(xp, *hp.shape)))
     return out, [h, c, nn, m], (cs, ns, ms, pre)
 
 

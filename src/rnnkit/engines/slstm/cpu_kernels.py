@@ -135,8 +135,8 @@ def heads_product_to_prev(fn, dah, r_heads, dh_state, bs, heads, dh):
 def slstm_forward(fn, xp, r_heads, h, c, n, m, batch_sizes, offsets, reverse, out, cs, ns, ms, p_i, p_f, p_z, p_o,
                   hp, hpg):
     """out, cs, ns, ms (N, H); the pre-activations p_i, p_f, p_z, p_o (N, H) each; h, c, n, m (B, H) initial ->
-    final; hp, hpg (B, 4H) scratch: a step's product in the heads' order, then in the gates' order. Every array the gate loop stores to is a separate argument, each written at one
-    index per unit: two stores into one array at a distance LLVM cannot see stop it from vectorising the loop."""
+    final; hp, hpg (B, 4H) scratch: a step's product in the heads' order, then in the gates' order (see the
+    module docstring for why the gate loop stores to separate arrays and copies the state after it)."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
     heads, dh = r_heads.shape[0], r_heads.shape[2]
     for s in range(num_steps):
