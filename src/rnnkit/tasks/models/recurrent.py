@@ -21,6 +21,7 @@ CELLS = {
     # cells torch.nn lacks: whole-sequence layers only (no step cell; step decoders refuse them in the config)
     "mingru": (rnn_layers.MinGRU, None, {}),
     "minlstm": (rnn_layers.MinLSTM, None, {}),
+    "slstm": (rnn_layers.SLSTM, None, {}),
 }
 
 
