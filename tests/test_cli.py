@@ -29,7 +29,7 @@ import torch
 from rnnkit import cli, demo
 from rnnkit.data import SOURCES, Vocab, describe_sources, tokenize
 from rnnkit.tasks import TASKS, make_task
-from rnnkit.train.config import SECTIONS, RunConfig
+from rnnkit.train.config import SECTIONS, RunConfig, TaskConfig
 
 MAX_SECONDS = 20  # the issue's limit for one task's tiny end-to-end run
 
@@ -190,9 +190,8 @@ def options(overrides: dict[str, dict]) -> list[str]:
 
 
 def expected_config(task: str, overrides: dict[str, dict]) -> dict:
-    """The resolved config: the dataclass defaults with the overrides and the task name put in."""
-    config = RunConfig().to_dict()
-    config["task"]["task"] = task
+    """The resolved config: the dataclass defaults (the task's own section) with the overrides put in."""
+    config = RunConfig(task=TaskConfig(task)).to_dict()
     for section, fields in overrides.items():
         config[section].update(fields)
     return config
@@ -459,7 +458,7 @@ def test_help_lists_subcommands(capsys):
 
 def test_train_help_lists_tasks_and_options_with_defaults(capsys):
     text = help_text(capsys, "train")
-    for name, (_, description) in TASKS.items():
+    for name, (_, description, _) in TASKS.items():
         assert f"{name} {' '.join(description.split())}" in text, name
     for kind in SECTIONS.values():
         for f in dataclasses.fields(kind):

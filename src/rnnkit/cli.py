@@ -44,30 +44,49 @@ def is_user_error(e: BaseException) -> bool:
 # ---------------------------------------------------------------- options from dataclasses
 
 
-def add_config_options(parser: argparse.ArgumentParser, skip=("task",)) -> None:
-    """One --option per config field; defaults stay None so only what the user typed overrides."""
+def add_option(group, section: str, f: dataclasses.Field, show: bool = True, default=dataclasses.MISSING) -> None:
+    """--field-name for one config field; its default stays None so that only what the user typed overrides
+    (`default`: the one the help names, where a task changes the field's own)."""
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if default is dataclasses.MISSING else default
+    help_text = f"{f.metadata['help']} (default: {default})" if show else argparse.SUPPRESS
+    if isinstance(f.default, bool):
+        group.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction,
+                           default=None, help=help_text)
+    else:
+        group.add_argument(flag, dest=f"{section}.{f.name}", type=type(f.default), default=None,
+                           choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
+
+
+def add_config_options(parser: argparse.ArgumentParser, task: str | None = None) -> None:
+    """One --option per config field: those of `task` (None: of every task, help left to each task's
+    --help), then the model and train sections."""
+    from .tasks import TASK_DEFAULTS, TASKS
     from .train.config import SECTIONS
 
+    if task is not None:
+        group = parser.add_argument_group(f"options of task {task}")
+        for f in dataclasses.fields(TASKS[task].options):
+            add_option(group, "task", f)
+    else:  # every task's flags parse (an option of another task is refused with a message, not by argparse)
+        seen = set()
+        for entry in TASKS.values():
+            for f in dataclasses.fields(entry.options):
+                if f.name not in seen:
+                    seen.add(f.name)
+                    add_option(parser, "task", f, show=False)
     for section, kind in SECTIONS.items():
         group = parser.add_argument_group(f"{section} options")
+        changed = TASK_DEFAULTS.get(task, {}).get(section, {})
         for f in dataclasses.fields(kind):
-            if f.name in skip:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata['help']} (default: {f.default})"
-            if isinstance(f.default, bool):
-                group.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction,
-                                   default=None, help=help_text)
-            else:
-                group.add_argument(flag, dest=f"{section}.{f.name}", type=type(f.default), default=None,
-                                   choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
+            add_option(group, section, f, default=changed.get(f.name, f.default))
 
 
 def given_options(args: argparse.Namespace) -> dict[str, dict]:
     """{section: {field: value}} for the options present on the command line."""
     from .train.config import SECTIONS
 
-    out = {s: {} for s in SECTIONS}
+    out = {s: {} for s in ("task", *SECTIONS)}
     for key, value in vars(args).items():
         if "." in key and value is not None:
             section, name = key.split(".", 1)
@@ -76,14 +95,15 @@ def given_options(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The RunConfig of `rnnkit train TASK ...`; an option the task does not take is a ConfigError."""
     from .tasks import TASK_DEFAULTS
-    from .train.config import RunConfig
+    from .train.config import SECTIONS, RunConfig, TaskConfig
 
     given = given_options(args)
-    given["task"]["task"] = args.task
     for section, values in TASK_DEFAULTS.get(args.task, {}).items():
         given[section] = {**values, **given[section]}
-    return RunConfig.from_dict(given)
+    return RunConfig(task=TaskConfig(args.task, **given["task"]),
+                     **{name: kind(**given[name]) for name, kind in SECTIONS.items()})
 
 
 # ---------------------------------------------------------------- subcommands
@@ -278,8 +298,51 @@ def cmd_demo(args) -> None:
 # ---------------------------------------------------------------- the parser
 
 
+def train_parser_text(task: str | None = None) -> dict:
+    """The description of rnnkit train's --help: every task with its options, or the one task's."""
+    from .tasks import TASKS
+
+    if task is not None:
+        return dict(formatter_class=argparse.RawDescriptionHelpFormatter,
+                    description=f"task {task}: {TASKS[task].description}")
+    lines = []
+    for name, entry in TASKS.items():
+        flags = ", ".join("--" + f.name.replace("_", "-") for f in dataclasses.fields(entry.options))
+        lines.append(f"  {name:14s} {entry.description}\n  {'':14s} options: {flags or 'none'}")
+    return dict(formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="tasks (rnnkit train TASK --help describes a task's own options):\n" + "\n".join(lines))
+
+
+class TrainHelp(argparse.Action):
+    """-h/--help of rnnkit train: after a task name, that task's options; otherwise every task."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        task = getattr(namespace, "task", None)
+        if task is not None:
+            parser = argparse.ArgumentParser(prog=parser.prog, usage=f"{parser.prog} {task} [options]", add_help=False,
+                                             **train_parser_text(task))
+            add_train_arguments(parser, task)
+        parser.print_help()
+        parser.exit()
+
+
+def add_train_arguments(p: argparse.ArgumentParser, task: str | None = None) -> None:
+    from .tasks import TASKS
+
+    p.add_argument("-h", "--help", action=TrainHelp)
+    if task is None:  # a task's own --help shows its options, not the task argument again
+        p.add_argument("task", nargs="?", choices=list(TASKS), metavar="TASK", help="the task (listed above)")
+    p.add_argument("--out", help="run folder (default: runs/TASK-CELL-TIME)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_options(p, task)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .tasks import PREDICTORS, TASKS
+    from .tasks import PREDICTORS
 
     parser = argparse.ArgumentParser(prog="rnnkit", description="Train and inspect recurrent networks (RNN, LSTM, GRU).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -289,14 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few seconds of each part (for tests)")
     p.set_defaults(func=cmd_demo)
 
-    tasks = "\n".join(f"  {name:14s} {desc}" for name, (_, desc) in TASKS.items())
-    p = sub.add_parser("train", help="train a model on a task", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description=f"tasks:\n{tasks}")
-    p.add_argument("task", nargs="?", choices=list(TASKS), metavar="TASK", help="the task (listed above)")
-    p.add_argument("--out", help="run folder (default: runs/TASK-CELL-TIME)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_options(p)
+    p = sub.add_parser("train", help="train a model on a task", add_help=False, **train_parser_text())
+    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's best weights")

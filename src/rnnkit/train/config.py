@@ -51,32 +51,102 @@ def option(default, help: str, allowed: Allowed | None = None, **kw):
     return field(default=default, metadata={"help": help, "allowed": allowed, **kw})
 
 
-@dataclass
+# The task section of config.json before each task had its own (rnnkit <= issue 12): every task's
+# fields, whatever the task. Such a section still reads: the fields its task declares are kept.
+FLAT_TASK_FIELDS = ("corpus", "level", "max_chars", "dataset", "data", "text_field", "label_field", "length",
+                    "delay", "examples", "patch", "valid_fraction", "beam", "max_len", "vocab_size",
+                    "teacher_forcing")
+
+
+def task_options(name: str) -> type:
+    """The options dataclass of task `name` (rnnkit.tasks.registry.TASKS; rnnkit.tasks.options)."""
+    from ..tasks.registry import TASKS  # here: the registry imports this module
+
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}: expected one of {', '.join(TASKS)}")
+    return TASKS[name].options
+
+
+def task_field(name: str) -> dataclasses.Field | None:
+    """The field called `name` in any task's options (their types and allowed values agree), or None."""
+    from ..tasks.registry import TASKS
+
+    return next((f for entry in TASKS.values() for f in dataclasses.fields(entry.options) if f.name == name), None)
+
+
+def tasks_with(name: str) -> list[str]:
+    from ..tasks.registry import TASKS
+
+    return [task for task, entry in TASKS.items() if name in {f.name for f in dataclasses.fields(entry.options)}]
+
+
+@dataclass(init=False)
 class TaskConfig:
-    task: str = option("lm", "task name (see rnnkit train --help)")
-    corpus: str = option("stdlib", "lm: stdlib, fortunes, or a path to a text file")
-    level: str = option("char", "lm: tokens are characters (char) or words (word)", choices=("char", "word"))
-    max_chars: int = option(0, "lm: use at most this many characters of the corpus (0: all)", at_least(0, "0: all"))
-    dataset: str = option("GunPoint", "ucr: GunPoint, ItalyPowerDemand, BasicMotions, JapaneseVowels, ...")
-    data: str = option("", "classify: a CSV or JSONL file with text and label columns")
-    text_field: str = option("text", "classify: name of the text column")
-    label_field: str = option("label", "classify: name of the label column")
-    length: int = option(200, "adding: sequence length T; copy: number of symbols to remember is 10", at_least(2))
-    delay: int = option(100, "copy: blank steps between the symbols and the recall cue", at_least(1))
-    examples: int = option(10000, "adding, copy: training examples generated (valid and test get 1000 each)",
-                           at_least(1))
-    patch: int = option(1, "ucr, fashion-mnist: read this many time steps as one input vector", at_least(1))
-    valid_fraction: float = option(0.1, "sentiment, ucr, fashion-mnist, classify, tag: fraction of the training split held out for validation (0: none)",
-                                   FRACTION)
-    beam: int = option(1, "seq2seq, caption: beam width when decoding for evaluation and inference (1: greedy)",
-                       at_least(1))
-    max_len: int = option(0, "g2p, translate: longest output decoded, in tokens; translate also keeps only verse pairs "
-                          "of at most this many words on each side (0: 2 x source length + 10, every pair)",
-                          at_least(0, "0: 2 x source length + 10"))
-    vocab_size: int = option(0, "translate: words kept per language, most frequent first (0: every word seen twice in training)",
-                             at_least(0, "0: no limit"))
-    teacher_forcing: str = option("1", "g2p, translate: probability P of feeding the decoder the gold previous token, "
-                                  "or START:END for a linear decay over the training steps (scheduled sampling)")
+    """The task's name and its own options: `options` is an instance of the dataclass the registry names
+    for the task, and its fields read as attributes here too (`config.task.length`).
+
+    >>> TaskConfig(task="adding", length=8)
+    TaskConfig(task='adding', options=Adding(length=8, examples=10000))
+    >>> TaskConfig(task="adding", length=8).length
+    8
+    >>> TaskConfig(task="lm", beam=2)
+    Traceback (most recent call last):
+    ...
+    rnnkit.train.config.ConfigError: --beam is an option of task g2p, translate, caption, not of lm (its options: --corpus, --level, --max-chars)
+    """
+
+    task: str
+    options: Any
+
+    def __init__(self, task: str = "lm", options=None, **fields):
+        kind = task_options(task)
+        if options is None:
+            for name, value in fields.items():
+                self.refuse_foreign(task, kind, name, value)
+            options = kind(**fields)
+        elif fields or not isinstance(options, kind):
+            raise TypeError(f"TaskConfig({task!r}) takes its {kind.__name__} options or their fields, not both")
+        self.task, self.options = task, options
+
+    @staticmethod
+    def refuse_foreign(task: str, kind: type, name: str, value) -> None:
+        """A ConfigError for an option `task` does not take (after checking its value, if another task takes it)."""
+        own = [f.name for f in dataclasses.fields(kind)]
+        if name in own:
+            return
+        takes = ", ".join(flag(n) for n in own) or "none"
+        other = task_field(name)
+        if other is None:
+            raise ConfigError(f"{flag(name)} is not an option of any task (task {task} takes: {takes})")
+        check_value(other, value)  # a bad value is named as such, whichever task the option belongs to
+        raise ConfigError(f"{flag(name)} is an option of task {', '.join(tasks_with(name))}, not of {task} "
+                          f"(its options: {takes})")
+
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails: the task's own options read as attributes
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"task {self.__dict__.get('task')!r} has no option {name!r}")
+
+    def to_dict(self) -> dict:
+        """config.json's task section: the task's name and its own fields, at one level."""
+        return {"task": self.task, **dataclasses.asdict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskConfig":
+        """A task section, this layout or the flat one written before (FLAT_TASK_FIELDS): the fields the task
+        declares are kept, those of other tasks dropped; a field no task declares is refused."""
+        d = dict(d)
+        name = d.pop("task", "lm")
+        if not isinstance(name, str):
+            raise ConfigError(f"the task name must be a string, got {name!r}")
+        kind = task_options(name)
+        own = {f.name for f in dataclasses.fields(kind)}
+        unknown = [k for k in d if k not in own and k not in FLAT_TASK_FIELDS and task_field(k) is None]
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]!r} in the task section (task {name})")
+        return cls(name, kind(**{k: v for k, v in d.items() if k in own}))
 
 
 @dataclass
@@ -146,14 +216,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"task": self.task.to_dict(), **{name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        return cls(**{name: kind(**d.get(name, {})) for name, kind in SECTIONS.items()})
+        return cls(task=TaskConfig.from_dict(d.get("task", {})),
+                   **{name: kind(**d.get(name, {})) for name, kind in SECTIONS.items()})
 
 
-SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
+# The sections every run has, whatever its task (the task section is TaskConfig: its fields depend on the task).
+SECTIONS = {"model": ModelConfig, "train": TrainConfig}
 
 
 # ---------------------------------------------------------------- checks
@@ -188,8 +260,12 @@ def check_value(f: dataclasses.Field, value) -> None:
 
 def check_fields(config: RunConfig) -> None:
     """Every field of every section has its type and an allowed value (a config.json is checked so)."""
-    for name, kind in SECTIONS.items():
-        section = getattr(config, name)
+    task = config.task
+    if not isinstance(task, TaskConfig) or not isinstance(task.options, task_options(task.task)):
+        raise ConfigError(f"the task section must hold a TaskConfig with its task's options, got {task!r}")
+    sections = {"task": (type(task.options), task.options),
+                **{name: (kind, getattr(config, name)) for name, kind in SECTIONS.items()}}
+    for name, (kind, section) in sections.items():
         if not isinstance(section, kind):
             raise ConfigError(f"the {name} section must hold {kind.__name__} fields, got {section!r}")
         for f in dataclasses.fields(kind):
