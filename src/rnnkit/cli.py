@@ -7,9 +7,10 @@
     rnnkit gradflow                     ||dL/dh_t|| against distance for RNN, LSTM and GRU
     rnnkit datasets                     which data sets this machine has, and how to install the rest
 
-Training options are generated from the config dataclasses (rnnkit.train.config), so every
-subcommand spells them the same way, and rnnkit.train.config.check is where their values are
-checked. Errors a user can fix print one line and exit with 2; Ctrl-C exits with 130.
+Training options are generated from the config dataclasses (rnnkit.train.config; each task's own
+options from its dataclass in rnnkit.tasks.options, which `rnnkit train TASK --help` lists), so
+every subcommand spells them the same way, and rnnkit.train.config.check is where their values are
+checked (an option of another task is refused there too). Errors a user can fix print one line and exit with 2; Ctrl-C exits with 130.
 
 A subcommand is a function cmd_NAME(args) and a sub-parser in build_parser.
 """

@@ -1,6 +1,7 @@
 """Tasks: each module wires a data set, a model (rnnkit.tasks.models) and a metric into the trainer.
 
     registry.py     TASKS, TASK_DEFAULTS, PREDICTORS, make_task: the one list of tasks
+    options.py      each task's options, one dataclass per task (read before torch loads)
     common.py       evaluation batch size, special tokens, length mask
     decoding.py     sampling, greedy and beam search for any step function
     metrics.py      edit distance, PER/WER, BLEU

@@ -1,4 +1,6 @@
-"""Run configuration: three dataclasses, one comment (its --help text) per field.
+"""Run configuration: the task section (TaskConfig: the task's name and its own options, a dataclass of
+rnnkit.tasks.options that the registry names), the model and the train sections; one comment (its
+--help text) per field.
 
 The command line is generated from these fields (rnnkit.cli), and a run folder stores them
 resolved as config.json, so a run can be resumed, evaluated or reproduced from its folder alone.
@@ -51,8 +53,8 @@ def option(default, help: str, allowed: Allowed | None = None, **kw):
     return field(default=default, metadata={"help": help, "allowed": allowed, **kw})
 
 
-# The task section of config.json before each task had its own (rnnkit <= issue 12): every task's
-# fields, whatever the task. Such a section still reads: the fields its task declares are kept.
+# The task section of config.json before each task had its own section: every task's fields, whatever
+# the task. Such a section still reads (TaskConfig.from_dict): the fields its task declares are kept.
 FLAT_TASK_FIELDS = ("corpus", "level", "max_chars", "dataset", "data", "text_field", "label_field", "length",
                     "delay", "examples", "patch", "valid_fraction", "beam", "max_len", "vocab_size",
                     "teacher_forcing")
@@ -89,10 +91,10 @@ class TaskConfig:
     TaskConfig(task='adding', options=Adding(length=8, examples=10000))
     >>> TaskConfig(task="adding", length=8).length
     8
-    >>> TaskConfig(task="lm", beam=2)
+    >>> TaskConfig(task="lm", beam=2)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rnnkit.train.config.ConfigError: --beam is an option of task g2p, translate, caption, not of lm (its options: --corpus, --level, --max-chars)
+    rnnkit.train.config.ConfigError: --beam is an option of task g2p, translate, caption, not of lm (its options: ...)
     """
 
     task: str
@@ -260,10 +262,9 @@ def check_value(f: dataclasses.Field, value) -> None:
 
 def check_fields(config: RunConfig) -> None:
     """Every field of every section has its type and an allowed value (a config.json is checked so)."""
-    task = config.task
-    if not isinstance(task, TaskConfig) or not isinstance(task.options, task_options(task.task)):
-        raise ConfigError(f"the task section must hold a TaskConfig with its task's options, got {task!r}")
-    sections = {"task": (type(task.options), task.options),
+    if not isinstance(config.task, TaskConfig):
+        raise ConfigError(f"the task section must be a TaskConfig, got {config.task!r}")
+    sections = {"task": (task_options(config.task.task), config.task.options),
                 **{name: (kind, getattr(config, name)) for name, kind in SECTIONS.items()}}
     for name, (kind, section) in sections.items():
         if not isinstance(section, kind):

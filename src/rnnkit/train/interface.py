@@ -2,7 +2,8 @@
 
 Every task in rnnkit.tasks derives from TaskBase and fills in the parts marked "required"; the
 optional parts have the defaults below. A new task is one module in rnnkit/tasks/ (data ->
-batches, a model from rnnkit.tasks.models, a metric) and one line in rnnkit.tasks.registry.
+batches, a model from rnnkit.tasks.models, a metric), a dataclass of its options in
+rnnkit.tasks.options, and one line in rnnkit.tasks.registry (docs/ARCHITECTURE.md, "Adding a task").
 
 Batches are tuples of tensors with the batch on dim 0 (DDP gives each process a contiguous slice
 of every batch), in an order fixed by (seed, epoch) alone, so a resumed run sees the same ones.
