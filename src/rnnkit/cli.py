@@ -9,8 +9,9 @@
 
 Training options are generated from the config dataclasses (rnnkit.train.config; each task's own
 options from its dataclass in rnnkit.tasks.options, which `rnnkit train TASK --help` lists), so
-every subcommand spells them the same way, and rnnkit.train.config.check is where their values are
-checked (an option of another task is refused there too). Errors a user can fix print one line and exit with 2; Ctrl-C exits with 130.
+every subcommand spells them the same way, and rnnkit.train.config is where their values are
+checked (and an option of another task refused). Errors a user can fix print one line and exit
+with 2; Ctrl-C exits with 130.
 
 A subcommand is a function cmd_NAME(args) and a sub-parser in build_parser.
 """
