@@ -286,7 +286,10 @@ class RecurrentLayer(nn.Module):
                 form = form._replace(padded_lengths=False, export_lengths=torch.as_tensor(lengths))
             elif lengths is not None:
                 lengths = checks.lengths(name, lengths, x.shape[0], x.shape[1])
-                packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+                if bool((lengths == x.shape[0]).all()):  # nothing to skip: packing and padding back would only cost
+                    form = form._replace(padded_lengths=False)
+                else:
+                    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         if packed is not None:
             checks.packed(name, packed.data, packed.batch_sizes, packed.sorted_indices)
             rows = Rows(packed.data, packed.batch_sizes, int(packed.batch_sizes[0]), packed)
