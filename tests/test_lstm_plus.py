@@ -1,0 +1,244 @@
+"""The lstm_plus family (LSTM with layer norm, peepholes, recurrent dropout, zoneout): the equivalence chain.
+
+(1) The reference engine's hand-derived BPTT (through variant_ops.run) == autograd on the equations
+    written out below in plain torch ops (independent of rnnkit's code), in float32, and a float64
+    gradcheck / gradgradcheck of the operator.
+(2) The cpu (Numba) and triton (TRITON_INTERPRET=1) engines == the reference engine: every output and every
+    gradient (xp, h0, c0, each param), random upstream gradients, with NaN-poisoned kernel buffers.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported (see tests/test_triton_engine.py)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+from rnnkit.engines import variant_ops  # noqa: E402
+from rnnkit.testing import assert_close  # noqa: E402
+
+ALL = "bias,ln,peephole,rdrop,zoneout_h,zoneout_c"
+CONFIGS = {
+    "plain": "bias",
+    "nobias": "",
+    "ln": "bias,ln",
+    "peephole": "bias,peephole",
+    "rdrop": "bias,rdrop",
+    "zoneout": "bias,zoneout_h,zoneout_c",
+    "zoneout_h": "zoneout_h",
+    "all": ALL,
+    "all_nobias": "ln,peephole,rdrop,zoneout_h,zoneout_c",
+}
+
+
+def packed_sizes(lengths) -> tuple[int, ...]:
+    """batch_sizes of a packed batch with these (unsorted) lengths, as pack_padded_sequence makes them."""
+    x = torch.zeros(max(lengths), len(lengths), 1)
+    return tuple(pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False).batch_sizes.tolist())
+
+
+# (batch_sizes, H, reverse)
+SHAPES = {
+    "T1-H5": ((3,), 5, False),
+    "packed_unsorted-H5": (packed_sizes([3, 5, 1, 4]), 5, False),
+    "packed_reverse-H7": (packed_sizes([2, 4, 3]), 7, True),
+    "B1-H5": ((1, 1, 1, 1), 5, False),
+    "padded_reverse-H8": ((2,) * 3, 8, True),
+}
+
+
+def make_inputs(config: str, batch_sizes, hidden: int, dtype=torch.float32, seed: int = 0):
+    """xp, [h0, c0], params (empty where absent), masks (empty where absent); float leaves require grad."""
+    flags = set(filter(None, config.split(",")))
+    gen = torch.Generator().manual_seed(seed)
+    n, b, h = sum(batch_sizes), batch_sizes[0], hidden
+
+    def rnd(*shape, scale=0.5, shift=0.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + shift).to(dtype).requires_grad_()
+
+    def maybe(word, *shape, **kw):
+        return rnd(*shape, **kw) if word in flags else torch.empty(0, dtype=dtype)
+
+    def mask(word, *shape, keep):
+        if word not in flags:
+            return torch.empty(0, dtype=dtype)
+        return (torch.rand(*shape, generator=gen, dtype=torch.float64) < keep).to(dtype)
+
+    xp = rnd(n, 4 * h)
+    states = [rnd(b, h), rnd(b, h)]
+    params = [rnd(4 * h, h), maybe("bias", 4 * h), maybe("ln", 4 * h, scale=0.2, shift=1.0),
+              maybe("ln", 4 * h, scale=0.2), maybe("ln", h, scale=0.2, shift=1.0), maybe("ln", h, scale=0.2),
+              maybe("peephole", 3 * h)]
+    rdrop = mask("rdrop", b, h, keep=0.7)
+    masks = [rdrop / 0.7 if rdrop.numel() else rdrop, mask("zoneout_h", n, h, keep=0.4),
+             mask("zoneout_c", n, h, keep=0.4)]
+    return xp, states, params, masks
+
+
+def test_autograd(config: str, xp, batch_sizes, states, params, masks, reverse: bool):
+    """The equations of the family, written out here in plain torch ops (F.layer_norm), for autograd."""
+    flags = set(filter(None, config.split(",")))
+    w_hh, b_hh, ln_w, ln_b, lnc_w, lnc_b, peep = params
+    rdrop, zoneout_h, zoneout_c = masks
+    h, c = states
+    hidden = h.shape[1]
+    offsets = [sum(batch_sizes[:t]) for t in range(len(batch_sizes))]
+    outs = [None] * len(batch_sizes)
+    order = range(len(batch_sizes) - 1, -1, -1) if reverse else range(len(batch_sizes))
+    for t in order:
+        bs, rows = batch_sizes[t], slice(offsets[t], offsets[t] + batch_sizes[t])
+        hh, cc = h[:bs], c[:bs]
+        hm = hh * rdrop[:bs] if "rdrop" in flags else hh
+        hp = hm @ w_hh.t()
+        if "ln" in flags:
+            hp = F.layer_norm(hp, (4 * hidden,), ln_w, ln_b, eps=1e-5)
+        a = xp[rows] + hp + (b_hh if "bias" in flags else 0)
+        a_i, a_f, a_g, a_o = a[:, :hidden], a[:, hidden:2 * hidden], a[:, 2 * hidden:3 * hidden], a[:, 3 * hidden:]
+        if "peephole" in flags:
+            a_i = a_i + peep[:hidden] * cc
+            a_f = a_f + peep[hidden:2 * hidden] * cc
+        c_new = torch.sigmoid(a_f) * cc + torch.sigmoid(a_i) * torch.tanh(a_g)
+        if "peephole" in flags:
+            a_o = a_o + peep[2 * hidden:] * c_new
+        y = F.layer_norm(c_new, (hidden,), lnc_w, lnc_b, eps=1e-5) if "ln" in flags else c_new
+        h_new = torch.sigmoid(a_o) * torch.tanh(y)
+        if "zoneout_c" in flags:
+            c_new = zoneout_c[rows] * cc + (1 - zoneout_c[rows]) * c_new
+        if "zoneout_h" in flags:
+            h_new = zoneout_h[rows] * hh + (1 - zoneout_h[rows]) * h_new
+        outs[t] = h_new
+        h, c = torch.cat([h_new, h[bs:]]), torch.cat([c_new, c[bs:]])
+    return torch.cat(outs), [h, c]
+
+
+test_autograd.__test__ = False  # a helper, not a test
+
+
+def results(run, xp, states, params, masks, seed=1):
+    """Outputs and gradients of every float input (empty params give empty gradients), random upstream."""
+    out, states_n = run(xp, states, params, masks)
+    outputs = [out, *states_n]
+    gen = torch.Generator().manual_seed(seed)
+    upstream = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype) for o in outputs]
+    leaves = [xp, *states, *(p for p in params if p.numel())]
+    grads = torch.autograd.grad(outputs, leaves, upstream)
+    return [o.detach() for o in outputs], list(grads)
+
+
+def assert_same(a, b, what=""):
+    (out_a, grads_a), (out_b, grads_b) = a, b
+    for k, (x, y) in enumerate(zip(out_a, out_b, strict=True)):
+        assert_close(x, y, "output", f"{what} output {k}")
+    for k, (x, y) in enumerate(zip(grads_a, grads_b, strict=True)):
+        assert_close(x, y, "grad", f"{what} gradient of leaf {k}")
+
+
+def engine_run(engine, config, batch_sizes, reverse):
+    return lambda xp, states, params, masks: variant_ops.run("lstm_plus", engine, config, xp, batch_sizes, states,
+                                                             params, masks, reverse)
+
+
+def autograd_run(config, batch_sizes, reverse):
+    return lambda xp, states, params, masks: test_autograd(config, xp, batch_sizes, states, params, masks, reverse)
+
+
+# ---------------------------------------------------------------- (1) hand-derived BPTT == autograd
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_reference_matches_autograd(config, shape):
+    batch_sizes, hidden, reverse = SHAPES[shape]
+    inputs = make_inputs(CONFIGS[config], batch_sizes, hidden)
+    assert_same(results(engine_run("reference", CONFIGS[config], batch_sizes, reverse), *inputs),
+                results(autograd_run(CONFIGS[config], batch_sizes, reverse), *inputs))
+
+
+def gradcheck_inputs(config, batch_sizes, hidden):
+    xp, states, params, masks = make_inputs(config, batch_sizes, hidden, torch.float64)
+    present = [i for i, p in enumerate(params) if p.numel()]
+    return xp, states, params, masks, present
+
+
+def as_function(engine, config, batch_sizes, reverse, states, params, masks, present):
+    """f(xp, h0, c0, *present params) -> (out, h_n, c_n), the operator with the empty params held fixed."""
+    def f(xp, h0, c0, *chosen):
+        ps = list(params)
+        for i, p in zip(present, chosen, strict=True):
+            ps[i] = p
+        out, (h_n, c_n) = variant_ops.run("lstm_plus", engine, config, xp, batch_sizes, [h0, c0], ps, masks,
+                                          reverse)
+        return out, h_n, c_n
+    return f
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gradcheck_all_float64(engine, reverse):
+    batch_sizes = (3, 2, 1)
+    xp, states, params, masks, present = gradcheck_inputs(ALL, batch_sizes, 3)
+    f = as_function(engine, ALL, batch_sizes, reverse, states, params, masks, present)
+    assert torch.autograd.gradcheck(f, (xp, *states, *(params[i] for i in present)), eps=1e-6, atol=1e-7)
+
+
+def test_gradgradcheck_all_float64():
+    """Double backward: the operator's backward under create_graph differentiates autograd_forward."""
+    batch_sizes = (2, 1)
+    xp, states, params, masks, present = gradcheck_inputs(ALL, batch_sizes, 2)
+    f = as_function("reference", ALL, batch_sizes, False, states, params, masks, present)
+    assert torch.autograd.gradgradcheck(f, (xp, *states, *(params[i] for i in present)), eps=1e-6, atol=1e-6)
+
+
+def test_autograd_forward_matches_reference():
+    """The family's plain-ops recurrence (what double backward and torch.func use) equals the operator."""
+    from rnnkit.engines import lstm_plus
+
+    batch_sizes, hidden, reverse = SHAPES["packed_reverse-H7"]
+    inputs = make_inputs(ALL, batch_sizes, hidden)
+    assert_same(results(lambda *a: lstm_plus.autograd_forward(ALL, a[0], batch_sizes, *a[1:], reverse), *inputs),
+                results(engine_run("reference", ALL, batch_sizes, reverse), *inputs))
+
+
+def test_torch_compile_fullgraph():
+    batch_sizes = (3, 3, 3)
+    xp, states, params, masks = make_inputs(ALL, batch_sizes, 5)
+
+    def f(xp, h0, c0, w_hh, b_hh, lw, lb, cw, cb, pp, r, zh, zc):
+        out, (h_n, c_n) = variant_ops.run("lstm_plus", "reference", ALL, xp, None, [h0, c0],
+                                          [w_hh, b_hh, lw, lb, cw, cb, pp], [r, zh, zc], False)
+        return out, h_n, c_n
+
+    args = (xp, *states, *params, *masks)
+    explained = torch._dynamo.explain(f)(*args)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    expected, got = f(*args), compiled(*args)
+    for a, b in zip(got, expected, strict=True):
+        assert_close(a, b, "output", "compiled")
+    grads_e = torch.autograd.grad(sum((o * 0.3).sum() for o in expected), [xp, *states, params[0]])
+    grads_g = torch.autograd.grad(sum((o * 0.3).sum() for o in got), [xp, *states, params[0]])
+    for a, b in zip(grads_g, grads_e, strict=True):
+        assert_close(a, b, "grad", "compiled gradient")
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu", "triton"])
+def test_empty_batch(engine):
+    xp, states, params, masks = make_inputs(ALL, (2,), 4)
+    xp = xp.detach()[:0].requires_grad_()
+    states = [s.detach()[:0].requires_grad_() for s in states]
+    masks = [masks[0][:0], masks[1][:0], masks[2][:0]]
+    out, (h_n, c_n) = variant_ops.run("lstm_plus", engine, ALL, xp, (0,), states, params, masks, False)
+    assert out.shape == (0, 4) and h_n.shape == (0, 4) and c_n.shape == (0, 4)
+    grads = torch.autograd.grad([out, h_n, c_n], [xp, params[0]], [torch.ones_like(out), torch.ones_like(h_n),
+                                                                   torch.ones_like(c_n)])
+    assert not grads[1].any()
+
+
+def test_unknown_config_word():
+    xp, states, params, masks = make_inputs("bias", (2,), 3)
+    with pytest.raises(ValueError, match="unknown config words"):
+        variant_ops.run("lstm_plus", "reference", "bias,layernorm", xp, (2,), states, params, masks, False)
