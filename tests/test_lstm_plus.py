@@ -242,3 +242,30 @@ def test_unknown_config_word():
     xp, states, params, masks = make_inputs("bias", (2,), 3)
     with pytest.raises(ValueError, match="unknown config words"):
         variant_ops.run("lstm_plus", "reference", "bias,layernorm", xp, (2,), states, params, masks, False)
+
+
+# ---------------------------------------------------------------- (2) every engine == the reference engine
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the comparison."""
+    from rnnkit.engines.lstm_plus import cpu, triton
+
+    monkeypatch.setattr(cpu, "empty", lambda like, *shape: torch.full(shape, float("nan"), dtype=like.dtype))
+    monkeypatch.setattr(triton, "empty", lambda like, *shape, dtype=None:
+                        torch.full(shape, float("nan"), dtype=dtype or like.dtype))
+
+
+def check_engine(engine, config, shape, dtype=torch.float32):
+    batch_sizes, hidden, reverse = SHAPES[shape]
+    inputs = make_inputs(CONFIGS[config], batch_sizes, hidden, dtype)
+    assert_same(results(engine_run(engine, CONFIGS[config], batch_sizes, reverse), *inputs),
+                results(engine_run("reference", CONFIGS[config], batch_sizes, reverse), *inputs), engine)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_cpu_matches_reference(config, shape, dtype, poison):
+    check_engine("cpu", config, shape, dtype)
