@@ -269,3 +269,26 @@ def check_engine(engine, config, shape, dtype=torch.float32):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_cpu_matches_reference(config, shape, dtype, poison):
     check_engine("cpu", config, shape, dtype)
+
+
+def triton_or_skip():
+    pytest.importorskip("triton")
+    from rnnkit.engines.lstm_plus import triton as tri
+    if not tri.kernels().INTERPRETED:
+        pytest.skip("the Triton kernels were decorated for the GPU (TRITON_INTERPRET is not 1)")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_triton_matches_reference(config, shape, poison):
+    triton_or_skip()
+    check_engine("triton", config, shape)
+
+
+def test_triton_several_row_tiles(poison):
+    """20 sequences: two 16-row programs, the second finishing early (its steps are skipped)."""
+    triton_or_skip()
+    SHAPES_EXTRA = (packed_sizes([5, 2, 2, 3, 1] * 4), 6, True)
+    inputs = make_inputs(ALL, SHAPES_EXTRA[0], SHAPES_EXTRA[1])
+    assert_same(results(engine_run("triton", ALL, *SHAPES_EXTRA[0:1], SHAPES_EXTRA[2]), *inputs),
+                results(engine_run("reference", ALL, SHAPES_EXTRA[0], SHAPES_EXTRA[2]), *inputs), "triton")
