@@ -292,3 +292,75 @@ def test_triton_several_row_tiles(poison):
     inputs = make_inputs(ALL, SHAPES_EXTRA[0], SHAPES_EXTRA[1])
     assert_same(results(engine_run("triton", ALL, *SHAPES_EXTRA[0:1], SHAPES_EXTRA[2]), *inputs),
                 results(engine_run("reference", ALL, SHAPES_EXTRA[0], SHAPES_EXTRA[2]), *inputs), "triton")
+
+
+# ---------------------------------------------------------------- the kernels compile for an H100 (sm_90)
+
+F32_POINTERS = {"cs_ptr", "ct_ptr", "gates_ptr", "zn_ptr", "stats_ptr", "d_state_ptr", "dc_state_ptr", "dz_ptr",
+                "partial_ptr"}
+
+
+def compile_kernels_for_sm90() -> int:
+    """Compile both kernels, every option on and off, bf16 and fp32, for sm_90 (run without the interpreter)."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rnnkit.engines.lstm_plus import triton_kernels as K
+
+    count = 0
+    for fn in (K.lstm_plus_forward, K.lstm_plus_backward):
+        names = list(inspect.signature(fn.fn).parameters)
+        for dtype, on in (("bf16", True), ("bf16", False), ("fp32", True), ("fp32", False)):
+            flags = dict(REVERSE=on, HAS_BIAS=on, LN=on, PEEP=on, RDROP=on, ZH=on, ZC=on,
+                         PRECISION="tf32x3", UPCAST=False, BLOCK_B=16, BLOCK_H=64, BLOCK_K=32)
+            flags = {k: v for k, v in flags.items() if k in names}
+            sig = {n: "constexpr" if n in flags else "i32" if n in ("T", "H") else
+                   "*i32" if n in ("sizes_ptr", "offsets_ptr") else "*fp32" if n in F32_POINTERS else f"*{dtype}"
+                   for n in names}
+            consts = {(names.index(k),): v for k, v in flags.items()}
+            triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": 4})
+            count += 1
+    return count
+
+
+def test_kernels_compile_for_h100():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    triton = pytest.importorskip("triton")
+    if shutil.which("ptxas") is None and not list(Path(triton.__file__).parent.glob("backends/nvidia/bin/ptxas*")):
+        pytest.skip("no ptxas to compile with")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    script = ("import sys; sys.path.insert(0, 'tests'); import test_lstm_plus as t; "
+              "print('compiled', t.compile_kernels_for_sm90())")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "compiled 8" in result.stdout
+
+
+# bfloat16 leaves out "ln": the state h is rounded to the input dtype at every step (as in the stock engine), and
+# the layer norm of a 20-feature recurrent product (H=5) amplifies that rounding past the 1e-2 bound for some
+# draws (measured: up to 4.6e-2 in a gradient at one of four seeds; float16 stays below 2e-3 with it)
+HALF = {"fp16-all": (torch.float16, ALL), "bf16-all_but_ln": (torch.bfloat16, "bias,peephole,rdrop,zoneout_h,zoneout_c")}
+
+
+@pytest.mark.parametrize("case", HALF)
+def test_triton_half_precision_against_float64(case, poison):
+    """16-bit inputs against the reference engine in float64 on the same values (the tolerance table's 16-bit
+    rows): the kernels accumulate in float32 and keep the cell state and every saved activation in float32."""
+    triton_or_skip()
+    dtype, config = HALF[case]
+    batch_sizes, hidden, reverse = SHAPES["packed_unsorted-H5"]
+    xp, states, params, masks = make_inputs(config, batch_sizes, hidden, dtype)
+    wide = [[t.detach().double().requires_grad_(t.requires_grad) for t in group] for group in (states, params, masks)]
+    fast = results(engine_run("triton", config, batch_sizes, reverse), xp, states, params, masks)
+    slow = results(engine_run("reference", config, batch_sizes, reverse), xp.detach().double().requires_grad_(),
+                   *wide)
+    assert_same(fast, [[t.to(dtype) for t in group] for group in slow], "triton 16-bit")

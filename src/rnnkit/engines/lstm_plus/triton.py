@@ -95,7 +95,8 @@ def backward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params:
     w_hh, b_hh, ln_w, ln_b, lnc_w, lnc_b, peep = params
     programs = math.ceil(batch / BLOCK_B)
     da = empty(xp, n, 4 * hidden)  # (N, 4H) = dxp
-    dz = empty(xp, n, 4 * hidden) if ln else da  # the gradient of z = hm W_hh^T
+    # the gradient of z = hm W_hh^T in float32 (the backward product reads it; da itself without ln in float32)
+    dz = empty(xp, n, 4 * hidden, dtype=torch.float32) if ln or xp.dtype != torch.float32 else da
     partial = empty(xp, programs, 5 * hidden, dtype=torch.float32)  # per program: [dp_i, dp_f, dp_o, dw_c, db_c]
     d_state = d_states_n[0].detach().to(torch.float32, copy=True).contiguous()  # (B, H): d_h_n in, dh_0 out
     dc_state = d_states_n[1].detach().to(torch.float32, copy=True).contiguous()  # (B, H): d_c_n in, dc_0 out
@@ -111,7 +112,7 @@ def backward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params:
         h_prev = h_prev * masks[0].index_select(0, batch_rows(batch_sizes, xp.device))  # HM_prev
     dtype = xp.dtype
     small = partial.sum(0).to(dtype)  # (5H)
-    grads = [dz.t() @ h_prev.to(dtype),  # dW_hh = sum_t dz_t^T hm_{t-1}  (4H, H)
+    grads = [(dz.t() @ h_prev.float()).to(dtype),  # dW_hh = sum_t dz_t^T hm_{t-1}  (4H, H)
              stock.bias_sum(da) if "bias" in flags else torch.zeros_like(b_hh)]
     if ln:
         grads += [(da.float() * zn).sum(0).to(dtype), stock.bias_sum(da), small[3 * hidden:4 * hidden].clone(),

@@ -1,7 +1,7 @@
 r"""Triton kernels of the lstm_plus family: one forward and one backward kernel, each the whole time loop.
 
 The math is rnnkit.cells.lstm_plus (equations and backward in its docstring); the helpers (sigmoid,
-tanh from exp, mma, narrow, prev_tile, w_tile, rows_product, step_at) are rnnkit.engines.triton_kernels'.
+tanh from exp, mma, narrow, prev_tile, w_tile, step_at) are rnnkit.engines.triton_kernels'.
 
 Work split, chosen to be simple and correct rather than fast: program p owns batch rows
 p*BLOCK_B + [0, BLOCK_B) and ALL hidden units (BLOCK_H = next power of two >= H) for every step,
@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..triton_kernels import INTERPRETED  # noqa: F401  (how the kernels below were decorated)
-from ..triton_kernels import mma, narrow, prev_tile, row_offsets, rows_product, sigmoid, step_at, tanh, w_tile
+from ..triton_kernels import mma, narrow, prev_tile, row_offsets, sigmoid, step_at, tanh, w_tile
 
 @triton.jit
 def load_rows(ptr, off, rows, width, cols, mask):
@@ -41,6 +41,24 @@ def load_rows(ptr, off, rows, width, cols, mask):
 @triton.jit
 def load_vec(ptr, cols, col_mask):
     return tl.load(ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def f32_product(acc, a_ptr, w_ptr, off, rows, row_mask, cols, col_mask, K, N, PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + A[off + rows, :K] @ W[:K, cols] for float32 A (N', K) written earlier in this launch and W (K, N) of any
+    float dtype, multiplied in float32 (16-bit W is widened: the gradient keeps float32's accuracy)."""
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + (off + rows).to(tl.int64)[:, None] * K + ks[None, :],
+                    mask=row_mask[:, None] & (ks < K)[None, :], other=0.0, cache_modifier=".cg")
+        w = tl.load(w_ptr + ks.to(tl.int64)[:, None] * N + cols[None, :], mask=(ks < K)[:, None] & col_mask[None, :],
+                    other=0.0).to(tl.float32)
+        if UPCAST:
+            acc = tl.dot(a, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
@@ -149,7 +167,8 @@ def lstm_plus_backward(w_hh_ptr, ln_w_ptr, lnc_w_ptr, lnc_b_ptr, peep_ptr, r_ptr
                        ZH: tl.constexpr, ZC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """BPTT over all steps (latest first) for the program's rows. d_state, dc_state (B, H) float32, in place.
-    da (N, 4H) and dz (N, 4H, ln only) in the input dtype; partial (programs, 5H) float32."""
+    da (N, 4H) in the input dtype; dz (N, 4H) float32, the gradient of z = hm W_hh^T (da without ln), which
+    the product dz W_hh reads back in float32; partial (programs, 5H) float32."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
@@ -236,22 +255,19 @@ def lstm_plus_backward(w_hh_ptr, ln_w_ptr, lnc_w_ptr, lnc_b_ptr, peep_ptr, r_ptr
                 m2 = ((tl.sum(d_i * z_i, 1) + tl.sum(d_f * z_f, 1) + tl.sum(d_g * z_g, 1)
                        + tl.sum(d_o * z_o, 1)) / (4 * H))[:, None]
                 rstd = tl.load(stats_ptr + (off + rows).to(tl.int64) * 3, mask=row_mask, other=0.0)[:, None]
-                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 0 * H + cols),
-                         narrow(rstd * (d_i - m1 - z_i * m2), dz_ptr, UPCAST), mask=mask)
-                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 1 * H + cols),
-                         narrow(rstd * (d_f - m1 - z_f * m2), dz_ptr, UPCAST), mask=mask)
-                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 2 * H + cols),
-                         narrow(rstd * (d_g - m1 - z_g * m2), dz_ptr, UPCAST), mask=mask)
-                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 3 * H + cols),
-                         narrow(rstd * (d_o - m1 - z_o * m2), dz_ptr, UPCAST), mask=mask)
+                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 0 * H + cols), rstd * (d_i - m1 - z_i * m2), mask=mask)
+                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 1 * H + cols), rstd * (d_f - m1 - z_f * m2), mask=mask)
+                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 2 * H + cols), rstd * (d_g - m1 - z_g * m2), mask=mask)
+                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 3 * H + cols), rstd * (d_o - m1 - z_o * m2), mask=mask)
+            if not LN:
+                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 0 * H + cols), da_i, mask=mask)
+                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 1 * H + cols), da_f, mask=mask)
+                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 2 * H + cols), da_g, mask=mask)
+                tl.store(dz_ptr + row_offsets(off, rows, 4 * H, 3 * H + cols), da_o, mask=mask)
             tl.debug_barrier()  # the product reads every column of the rows just stored (other warps')
             dhm = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-            if LN:
-                dhm = rows_product(dhm, dz_ptr, 4 * H, 0, w_hh_ptr, H, 0, off, rows, row_mask, cols, col_mask, 4 * H,
-                                   PRECISION, UPCAST, BLOCK_K)  # dz_t W_hh
-            else:
-                dhm = rows_product(dhm, da_ptr, 4 * H, 0, w_hh_ptr, H, 0, off, rows, row_mask, cols, col_mask, 4 * H,
-                                   PRECISION, UPCAST, BLOCK_K)  # da_t W_hh
+            dhm = f32_product(dhm, dz_ptr, w_hh_ptr, off, rows, row_mask, cols, col_mask, 4 * H, H, PRECISION,
+                              UPCAST, BLOCK_K)  # dz_t W_hh
             if RDROP:
                 dhm = dhm * load_rows(r_ptr, 0, rows, H, cols, mask)
             tl.store(d_state_ptr + row_offsets(0, rows, H, cols), direct + dhm, mask=mask)
