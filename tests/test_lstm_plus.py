@@ -366,3 +366,31 @@ def test_triton_half_precision_against_float64(case, poison):
     slow = results(engine_run("reference", config, batch_sizes, reverse), xp.detach().double().requires_grad_(),
                    *wide)
     assert_same(fast, [[t.to(dtype) for t in group] for group in slow], "triton 16-bit")
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("config", ["nobias", "all"])
+def test_saved_shapes_are_what_forward_saves(engine, config):
+    """The operator's fake kernel (torch.compile, export) takes its shapes from saved_shapes."""
+    from rnnkit.engines import lstm_plus
+
+    if engine == "triton":
+        triton_or_skip()
+    module = lstm_plus.ENGINES[engine]
+    batch_sizes, hidden, reverse = SHAPES["packed_unsorted-H5"]
+    xp, states, params, masks = make_inputs(CONFIGS[config], batch_sizes, hidden)
+    with torch.no_grad():
+        _, _, saved = module.forward(CONFIGS[config], xp, batch_sizes, states, params, masks, reverse)
+    declared = module.saved_shapes(CONFIGS[config], xp.shape[0], states, params, xp.dtype)
+    assert [(tuple(s.shape), s.dtype) for s in saved] == [(tuple(shape), dtype) for shape, dtype in declared]
+
+
+def test_cpu_bfloat16_against_float64(poison):
+    """bfloat16 (CPU autocast's dtype) runs the float32 kernels: against float64 on the same values."""
+    dtype = torch.bfloat16
+    batch_sizes, hidden, reverse = SHAPES["packed_unsorted-H5"]
+    xp, states, params, masks = make_inputs(ALL, batch_sizes, hidden, dtype)
+    wide = [[t.detach().double().requires_grad_(t.requires_grad) for t in group] for group in (states, params, masks)]
+    fast = results(engine_run("cpu", ALL, batch_sizes, reverse), xp, states, params, masks)
+    slow = results(engine_run("reference", ALL, batch_sizes, reverse), xp.detach().double().requires_grad_(), *wide)
+    assert_same(fast, [[t.to(dtype) for t in group] for group in slow], "cpu bfloat16")

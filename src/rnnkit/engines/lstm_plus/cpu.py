@@ -3,7 +3,8 @@
 Same signature, saved tensors and results as .reference (read it and rnnkit.cells.lstm_plus for the
 math); the loops live in .cpu_kernels. What stays in torch: the sums over all rows that do not wait
 for the previous step (dW_hh = DZ^T HM_prev, db_hh, the LN(hp) parameters' gradients).
-float32 and float64.
+float32 and float64; bfloat16 (what torch.autocast gives on CPU) runs the float32 kernels on the widened values,
+keeps the state carried between steps and the saved tensors in float32, and rounds the results back.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from torch import Tensor
 
 from ...cells import lstm_plus as cell
 from .. import cpu as stock
-from .reference import saved_shapes  # noqa: F401  (the same tensors as the reference engine)
+from .reference import saved_shapes as reference_saved_shapes
 
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def why_not(x: Tensor) -> str | None:
     """Why this engine cannot run on input x, or None if it can."""
     if x.dtype not in DTYPES:
-        return f"it supports float32 and float64, got {x.dtype}"
+        return f"it supports float32, float64 and bfloat16, got {x.dtype}"
     return stock.why_not(x)
 
 
@@ -43,9 +44,28 @@ def arr(t: Tensor, ndim: int) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def saved_shapes(config: str, n: int, states, params, dtype: torch.dtype) -> list[tuple[tuple, torch.dtype]]:
+    """The reference engine's saved tensors (float32 for bfloat16 input)."""
+    return reference_saved_shapes(config, n, states, params, torch.float32 if dtype == torch.bfloat16 else dtype)
+
+
+def widened(tensors) -> list[Tensor]:
+    """bfloat16 tensors as float32 (the kernels' dtype); others as they are."""
+    return [t.float() if t.dtype == torch.bfloat16 else t for t in tensors]
+
+
+def narrowed(tensors, like) -> list[Tensor]:
+    """Each result in the dtype of its counterpart in `like` (bfloat16 back from float32)."""
+    return [t.to(k.dtype) for t, k in zip(tensors, like, strict=True)]
+
+
 def forward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params: list[Tensor], masks: list[Tensor],
             reverse: bool):
-    """out (N, H), [h_n, c_n], saved (reference.saved_shapes)."""
+    """out (N, H), [h_n, c_n], saved (saved_shapes)."""
+    if xp.dtype == torch.bfloat16:
+        out, states_n, saved = forward(config, xp.float(), batch_sizes, widened(states), widened(params),
+                                       widened(masks), reverse)
+        return out.to(xp.dtype), narrowed(states_n, states), saved  # saved stays float32 for the backward
     flags = cell.parse(config)
     ln, zon_c = "ln" in flags, "zoneout_c" in flags
     h0, c0 = states
@@ -70,6 +90,11 @@ def forward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params: 
 def backward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params: list[Tensor], masks: list[Tensor],
              reverse: bool, out: Tensor, saved, d_out: Tensor, d_states_n: list[Tensor]):
     """BPTT: dxp (N, 4H), [dh0, dc0], the gradient of every param (empty for an absent one)."""
+    if xp.dtype == torch.bfloat16:
+        dxp, d_states, d_params = backward(config, xp.float(), batch_sizes, widened(states), widened(params),
+                                           widened(masks), reverse, out.float(), saved, d_out.float(),
+                                           widened(d_states_n))
+        return dxp.to(xp.dtype), narrowed(d_states, states), narrowed(d_params, params)
     flags = cell.parse(config)
     ln = "ln" in flags
     cs, ct, gates, zn, stats = saved
