@@ -68,7 +68,9 @@ def forward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params: 
     h0, c0 = states
     (batch, hidden), n = c0.shape, xp.shape[0]
     f32 = torch.float32
-    out, h_n, c_n = empty(xp, n, hidden), empty(xp, batch, hidden), empty(xp, batch, hidden)
+    # the state h lives in out's rows, which the next step reads: float32 for 16-bit inputs too (rounded once, at
+    # the end), so the rounding of h does not compound over steps (the layer norms amplify it)
+    out, h_n, c_n = empty(xp, n, hidden, dtype=f32), empty(xp, batch, hidden, dtype=f32), empty(xp, batch, hidden)
     cs, gates = empty(xp, n, hidden, dtype=f32), empty(xp, n, 4 * hidden, dtype=f32)
     ct = empty(xp, n, hidden, dtype=f32) if zon_c else xp.new_empty(0, dtype=f32)
     zn = empty(xp, n, 4 * hidden, dtype=f32) if ln else xp.new_empty(0, dtype=f32)
@@ -80,7 +82,7 @@ def forward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params: 
     kernels().lstm_plus_forward[(math.ceil(batch / BLOCK_B),)](
         *args, len(batch_sizes), hidden, REVERSE=reverse, HAS_BIAS="bias" in flags, LN=ln,
         PEEP="peephole" in flags, RDROP="rdrop" in flags, ZH="zoneout_h" in flags, ZC=zon_c, **tiles(hidden, xp))
-    return out, [h_n, c_n], [cs, ct, gates, zn, stats]
+    return out.to(xp.dtype), [h_n.to(xp.dtype), c_n], [cs, ct, gates, zn, stats]
 
 
 def backward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params: list[Tensor], masks: list[Tensor],

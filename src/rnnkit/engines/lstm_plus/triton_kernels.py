@@ -86,7 +86,8 @@ def lstm_plus_forward(xp_ptr, w_hh_ptr, b_hh_ptr, ln_w_ptr, ln_b_ptr, lnc_w_ptr,
                 k_mask = row_mask[:, None] & (kk < H)[None, :]
                 h = prev_tile(out_ptr, h0_ptr, off_prev, bs_prev, rows, kk, H, k_mask)  # (BLOCK_B, BLOCK_K)
                 if RDROP:
-                    h = (h.to(tl.float32) * load_rows(r_ptr, 0, rows, H, kk, k_mask)).to(h.dtype)
+                    h = h.to(tl.float32) * load_rows(r_ptr, 0, rows, H, kk, k_mask)
+                h = h.to(w_hh_ptr.dtype.element_ty)  # the product's operands in the input dtype
                 a_i = mma(h, w_tile(w_hh_ptr, 0 * H + cols, col_mask, kk, H), a_i, PRECISION, UPCAST)
                 a_f = mma(h, w_tile(w_hh_ptr, 1 * H + cols, col_mask, kk, H), a_f, PRECISION, UPCAST)
                 a_g = mma(h, w_tile(w_hh_ptr, 2 * H + cols, col_mask, kk, H), a_g, PRECISION, UPCAST)
