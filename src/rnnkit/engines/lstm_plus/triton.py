@@ -1,7 +1,8 @@
 """Triton engine of the lstm_plus family: the reference engine's algorithm as two GPU kernels.
 
 Same signature and saved tensors as .reference (read it and rnnkit.cells.lstm_plus for the math), except
-that every saved activation is float32 whatever the input dtype (as the stock Triton engine keeps them).
+that every saved activation is float32 whatever the input dtype (as the stock Triton engine keeps them), and
+the state h carried between steps too (the recurrent product's operands are in the input dtype).
 The kernels (.triton_kernels) run the whole time loop in one launch each: program p owns 16 batch rows
 and all hidden units (so the layer norms over a row's features need no cross-program reduction, and no
 program waits for another). Simple and correct, not tuned: see the kernels' docstring for the costs.

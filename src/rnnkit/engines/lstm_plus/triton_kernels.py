@@ -68,7 +68,8 @@ def lstm_plus_forward(xp_ptr, w_hh_ptr, b_hh_ptr, ln_w_ptr, ln_b_ptr, lnc_w_ptr,
                       REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, LN: tl.constexpr, PEEP: tl.constexpr,
                       RDROP: tl.constexpr, ZH: tl.constexpr, ZC: tl.constexpr, PRECISION: tl.constexpr,
                       UPCAST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """All steps for the program's rows. cs, ct, gates, zn, stats are float32; out, h_n, c_n the input dtype."""
+    """All steps for the program's rows. cs, ct, gates, zn, stats are float32; c_n the input dtype; out and h_n
+    float32 (triton.py rounds them for 16-bit inputs once, at the end: the next step reads h_{t-1} from out)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
