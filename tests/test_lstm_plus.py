@@ -203,17 +203,18 @@ def test_autograd_forward_matches_reference():
                 results(engine_run("reference", ALL, batch_sizes, reverse), *inputs))
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
+def test_torch_compile_fullgraph(engine):
     batch_sizes = (3, 3, 3)
     xp, states, params, masks = make_inputs(ALL, batch_sizes, 5)
 
     def f(xp, h0, c0, w_hh, b_hh, lw, lb, cw, cb, pp, r, zh, zc):
-        out, (h_n, c_n) = variant_ops.run("lstm_plus", "reference", ALL, xp, None, [h0, c0],
+        out, (h_n, c_n) = variant_ops.run("lstm_plus", engine, ALL, xp, None, [h0, c0],
                                           [w_hh, b_hh, lw, lb, cw, cb, pp], [r, zh, zc], False)
         return out, h_n, c_n
 
     args = (xp, *states, *params, *masks)
-    variant_ops.operator("lstm_plus", "reference")  # registered before tracing (importing a family breaks a graph)
+    variant_ops.operator("lstm_plus", engine)  # registered before tracing (importing a family breaks a graph)
     explained = torch._dynamo.explain(f)(*args)
     assert explained.graph_break_count == 0 and explained.graph_count == 1
     compiled = torch.compile(f, fullgraph=True, backend="eager")
@@ -395,3 +396,20 @@ def test_cpu_bfloat16_against_float64(poison):
     fast = results(engine_run("cpu", ALL, batch_sizes, reverse), xp, states, params, masks)
     slow = results(engine_run("reference", ALL, batch_sizes, reverse), xp.detach().double().requires_grad_(), *wide)
     assert_same(fast, [[t.to(dtype) for t in group] for group in slow], "cpu bfloat16")
+
+
+def test_torch_func_grad_runs_the_plain_recurrence():
+    """Under torch.func, variant_ops.run runs autograd_forward (plain ops), which torch.func differentiates."""
+    batch_sizes, hidden, reverse = SHAPES["packed_reverse-H7"]
+    xp, states, params, masks = make_inputs(ALL, batch_sizes, hidden, torch.float64)
+    weight = torch.randn(sum(batch_sizes), hidden, dtype=torch.float64)
+
+    def loss(w_hh):
+        ps = [w_hh, *params[1:]]
+        out, _ = variant_ops.run("lstm_plus", "cpu", ALL, xp.detach(), batch_sizes, [s.detach() for s in states], ps,
+                                 masks, reverse)
+        return (out * weight).sum()
+
+    got = torch.func.grad(loss)(params[0].detach())
+    want, = torch.autograd.grad(loss(params[0]), params[0])
+    assert_close(got, want, "grad", "torch.func.grad")
