@@ -310,6 +310,7 @@ def compile_kernels_for_sm90() -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from rnnkit.engines.lstm_plus import triton as tri
     from rnnkit.engines.lstm_plus import triton_kernels as K
 
     count = 0
@@ -324,7 +325,7 @@ def compile_kernels_for_sm90() -> int:
                    for n in names}
             consts = {(names.index(k),): v for k, v in flags.items()}
             triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                           options={"num_warps": 4})
+                           options={"num_warps": tri.num_warps(64)})
             count += 1
     return count
 

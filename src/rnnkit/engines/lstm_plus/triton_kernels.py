@@ -9,8 +9,11 @@ in one launch. Both layer norms reduce over a row's features (4H and H), and eve
 needs every unit of the previous state, so with whole rows per program no program ever waits for
 another: no grid-wide barrier, only tl.debug_barrier() between a step's stores and the next
 reads of the same program (other warps of the program wrote them). The price: the grid has
-ceil(B / BLOCK_B) programs (little parallelism at small batches) and a program holds 4 x BLOCK_B x
-BLOCK_H float32 gate values, which spills for large H (fine up to H of a few hundred).
+ceil(B / BLOCK_B) programs (little parallelism at small batches) and a program holds several
+BLOCK_B x BLOCK_H float32 tiles, which spill to the stack beyond BLOCK_H = 64 (ptxas for sm_90: a few
+KB per thread at 256 to 1024 with triton.py's num_warps). A faster design would split the columns
+over programs and reduce the layer norms' sums across them (a grid barrier per step, as the stock
+persistent kernels have); not done here.
 
 Forward, per step t, the program's running rows:
     z = (h_{t-1} * r) W_hh^T as four (BLOCK_B, BLOCK_H) gate tiles, K loop over H in BLOCK_K
