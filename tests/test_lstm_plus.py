@@ -414,3 +414,28 @@ def test_torch_func_grad_runs_the_plain_recurrence():
     got = torch.func.grad(loss)(params[0].detach())
     want, = torch.autograd.grad(loss(params[0]), params[0])
     assert_close(got, want, "grad", "torch.func.grad")
+
+
+@pytest.mark.parametrize("engine", ["cpu", "triton"])
+def test_layer_end_to_end(engine, poison):
+    """rnnkit.LSTM with every option, two bidirectional layers, on an unsorted packed batch: engine == reference
+    (the same seed before each call draws the same masks)."""
+    import rnnkit
+
+    if engine == "triton":
+        triton_or_skip()
+    torch.manual_seed(0)
+    opts = dict(num_layers=2, bidirectional=True, layer_norm=True, peephole=True, zoneout=(0.3, 0.2),
+                recurrent_dropout=0.25)
+    kit, ref = rnnkit.LSTM(3, 5, engine=engine, **opts), rnnkit.LSTM(3, 5, engine="reference", **opts)
+    ref.load_state_dict(kit.state_dict())
+    packed = pack_padded_sequence(torch.randn(4, 3, 3), torch.tensor([2, 4, 1]), enforce_sorted=False)
+    found = []
+    for module in (kit, ref):
+        torch.manual_seed(1)
+        out, (h, c) = module(packed)
+        gen = torch.Generator().manual_seed(2)
+        ups = [torch.randn(t.shape, generator=gen) for t in (out.data, h, c)]
+        found.append([out.data, h, c, *torch.autograd.grad([out.data, h, c], list(module.parameters()), ups)])
+    for k, (a, b) in enumerate(zip(*found, strict=True)):
+        assert_close(a, b, "output" if k < 3 else "grad", f"result {k}")
