@@ -4,7 +4,9 @@ import importlib.util
 import os
 
 # --doctest-modules imports every module under src/rnnkit; the Triton kernels need triton (in the test extra)
-collect_ignore = [] if importlib.util.find_spec("triton") else ["src/rnnkit/engines/triton_kernels.py"]
+collect_ignore = [] if importlib.util.find_spec("triton") else [
+    "src/rnnkit/engines/triton_kernels.py", *(f"src/rnnkit/engines/{family}/triton_kernels.py"
+                                              for family in ("lstm_plus", "gru_plus", "minimal", "slstm"))]
 
 # Triton's interpreter runs kernels on CPU tensors (tests/test_triton_engine.py). Triton reads
 # TRITON_INTERPRET when it decorates a kernel, its own library's (tl.zeros, ...) included, which
