@@ -73,12 +73,13 @@ def kernels():
     return triton_kernels
 
 
-def why_not(x: Tensor) -> str | None:
-    """Why this engine cannot run on input x, or None if it can."""
+def why_not(x: Tensor, dtypes: tuple[torch.dtype, ...] = DTYPES) -> str | None:
+    """Why this engine (or a family's Triton kernels, which take `dtypes`) cannot run on input x, or None."""
     if (err := _import_error()) is not None:
         return err
-    if x.dtype not in DTYPES:
-        return f"it supports float32, bfloat16 and float16, got {x.dtype}"
+    if x.dtype not in dtypes:
+        names = [str(d).removeprefix("torch.") for d in dtypes]
+        return f"it supports {' and '.join(filter(None, [', '.join(names[:-1]), names[-1]]))}, got {x.dtype}"
     interpreted = kernels().INTERPRETED
     if x.device.type == "cuda" and interpreted:
         return "its kernels were loaded for Triton's interpreter (TRITON_INTERPRET=1), which takes CPU tensors"

@@ -49,12 +49,7 @@ class MinimalLayer(VariantLayer):
         as (B, H), which a one-layer model may do (y_t, h = layer.step(x_t, h_n[0])). Plain torch ops, so
         autograd differentiates it when it is on; nothing about earlier steps is kept."""
         name = type(self).__name__
-        if self.bidirectional:
-            raise ValueError(f"{name}.step: a bidirectional layer needs the whole sequence; step runs one direction")
-        if x.dim() not in (1, 2):
-            raise ValueError(f"{name}.step: x should be (batch, input_size) or (input_size,), got {tuple(x.shape)}")
-        unbatched = x.dim() == 1
-        x = x.unsqueeze(0) if unbatched else x
+        x, unbatched = self.step_input(x)
         one_layer_state = h is not None and not unbatched and h.dim() == 2 and self.num_layers == 1
         h = h.unsqueeze(0) if one_layer_state else h
         if h is None:

@@ -72,12 +72,7 @@ class SLSTM(VariantLayer):
         unbatched x), or None (zeros). Returns (y (B, H) the top layer's h, (h, c, n, m) new). Plain torch ops
         (rnnkit.cells.slstm.forward), so autograd differentiates it when it is on."""
         name = type(self).__name__
-        if self.bidirectional:
-            raise ValueError(f"{name}.step: a bidirectional layer needs the whole sequence; step runs one direction")
-        if x.dim() not in (1, 2):
-            raise ValueError(f"{name}.step: x should be (batch, input_size) or (input_size,), got {tuple(x.shape)}")
-        unbatched = x.dim() == 1
-        x = x.unsqueeze(0) if unbatched else x
+        x, unbatched = self.step_input(x)
         shape = (self.num_layers, x.shape[0], self.hidden_size)
         if hx is None:
             states = [x.new_zeros(shape) for _ in self.state_names]

@@ -132,5 +132,15 @@ class VariantLayer(RecurrentLayer):
             result.append(s)
         return result
 
+    def step_input(self, x: Tensor) -> tuple[Tensor, bool]:
+        """A step's input as (B, I) rows, and whether it came unbatched; what step() of a subclass checks first."""
+        name = type(self).__name__
+        if self.bidirectional:
+            raise ValueError(f"{name}.step: a bidirectional layer needs the whole sequence; step runs one direction")
+        if not isinstance(x, Tensor) or x.dim() not in (1, 2):
+            raise ValueError(f"{name}.step: x should be (batch, input_size) or (input_size,), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        return (x.unsqueeze(0), True) if x.dim() == 1 else (x, False)
+
     def stream(self, batch_size: int | None = None, hx=None):
         raise NotImplementedError(f"{type(self).__name__} has no stream(); use its step() for one step at a time")

@@ -19,8 +19,7 @@ import torch
 from torch import Tensor
 
 from ...cells import minimal as cell
-from ..triton import DTYPES, _import_error
-from ..triton import kernels as stock_kernels
+from .. import triton as stock
 from .reference import layout
 
 BLOCK_H = 32
@@ -28,16 +27,7 @@ BLOCK_T = 64
 
 
 def why_not(x: Tensor) -> str | None:
-    if (err := _import_error()) is not None:
-        return err
-    if x.dtype not in DTYPES:
-        return f"it supports float32, bfloat16 and float16, got {x.dtype}"
-    interpreted = stock_kernels().INTERPRETED
-    if x.device.type == "cuda" and interpreted:
-        return "its kernels were loaded for Triton's interpreter (TRITON_INTERPRET=1), which takes CPU tensors"
-    if x.device.type == "cuda" or (x.device.type == "cpu" and interpreted):
-        return None
-    return f"it needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), got a tensor on {x.device}"
+    return stock.why_not(x)
 
 
 def kernels():

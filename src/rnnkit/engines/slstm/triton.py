@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from ...cells import slstm
-from ..triton import _import_error, layout, pow2, precision
+from .. import triton as stock
+from ..triton import layout, pow2, precision
 from .cpu import previous_h
 from .reference import check, saved_shapes  # noqa: F401  (the same tensors as the reference engine)
 
@@ -31,16 +32,7 @@ def kernels():
 
 
 def why_not(x: Tensor) -> str | None:
-    if (err := _import_error()) is not None:
-        return err
-    if x.dtype not in DTYPES:
-        return f"its sLSTM kernels support float32, got {x.dtype}"
-    from .. import triton_kernels as stock
-    if x.device.type == "cuda" and stock.INTERPRETED:
-        return "its kernels were loaded for Triton's interpreter (TRITON_INTERPRET=1), which takes CPU tensors"
-    if x.device.type == "cuda" or (x.device.type == "cpu" and stock.INTERPRETED):
-        return None
-    return f"it needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), got a tensor on {x.device}"
+    return stock.why_not(x, DTYPES)
 
 
 def empty(like: Tensor, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
