@@ -1,0 +1,103 @@
+"""Every layer of a cell torch.nn lacks, where torch.nn's layers go: torch.compile, torch.export, double
+backward, torch.func, state_dicts, and engines named on the layer.
+
+The math of each family is tested in its own module (test_lstm_plus, test_gru_plus, test_minimal,
+test_slstm); here one small layer per kind goes through the PyTorch stack.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.testing import assert_close
+
+LAYERS = {
+    "ln_peephole_lstm": lambda: rnnkit.LSTM(3, 4, num_layers=2, layer_norm=True, peephole=True),
+    "ln_gru": lambda: rnnkit.GRU(3, 4, bidirectional=True, layer_norm=True),
+    "mingru": lambda: rnnkit.MinGRU(3, 4, num_layers=2),
+    "minlstm": lambda: rnnkit.MinLSTM(3, 4, bidirectional=True),
+    "slstm": lambda: rnnkit.SLSTM(3, 4, num_heads=2),
+}
+
+
+def first(output):
+    return output[0]
+
+
+def make(kind: str, dtype=torch.float32):
+    torch.manual_seed(0)
+    return LAYERS[kind]().to(dtype).eval()
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_compiles_to_one_graph(kind):
+    layer, x = make(kind), torch.randn(5, 2, 3)
+    assert torch._dynamo.explain(layer)(x).graph_break_count == 0
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert_close(compiled(x)[0], layer(x)[0])
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_exports_with_dynamic_batch_and_time(kind):
+    layer, x = make(kind), torch.randn(5, 2, 3)
+    dims = {0: torch.export.Dim("T", min=2, max=100), 1: torch.export.Dim("B", min=2, max=64)}
+    program = torch.export.export(layer, (x,), dynamic_shapes=(dims,))
+    y = torch.randn(9, 3, 3)
+    assert_close(program.module()(y)[0], layer(y)[0])
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_double_backward(kind):
+    layer = make(kind, torch.float64)
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(lambda x: layer(x)[0], (x,))
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_torch_func_grad_equals_autograd(kind):
+    layer = make(kind, torch.float64)
+    params = dict(layer.named_parameters())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    g = torch.randn(4, 2, layer.hidden_size * layer.num_directions, dtype=torch.float64)
+
+    def loss(p):
+        return (torch.func.functional_call(layer, p, (x,))[0] * g).sum()
+
+    grads = torch.func.grad(loss)(params)
+    want = torch.autograd.grad(loss(params), list(params.values()))
+    for name, w in zip(params, want, strict=True):
+        assert_close(grads[name], w, kind="grad")
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_state_dict_round_trips_strictly(kind):
+    a, b = make(kind), LAYERS[kind]()
+    b.load_state_dict(a.state_dict(), strict=True)
+    x = torch.randn(4, 2, 3)
+    assert torch.equal(a(x)[0], b.eval()(x)[0])
+    assert all("." not in name for name in a.state_dict())  # plain names, no submodules
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu", "aten"])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_every_cpu_engine_name_runs(kind, engine):
+    """aten (torch's fused LSTM) has no such cells: it hands them to cpu, as it does any call it cannot run."""
+    layer = make(kind)
+    x = torch.randn(4, 2, 3)
+    expected = layer(x)[0]
+    layer.engine = engine
+    assert_close(layer(x)[0], expected)
+
+
+def test_an_engine_that_cannot_run_raises():
+    layer = rnnkit.MinGRU(3, 4, engine="triton")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="engine 'triton' cannot run minimal cells here"):
+        import os
+        if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter takes CPU tensors: ask for float64 instead
+            layer.double()(torch.randn(3, 2, 3, dtype=torch.float64))
+        else:
+            layer(torch.randn(3, 2, 3))
