@@ -210,3 +210,54 @@ def test_timing_leaves_the_random_stream_alone(own_cache, train):
         draws.append(torch.rand(4))
     assert len(entries(next(own_cache.glob("*.json")))) == 1  # the first pass did time
     assert torch.equal(draws[0], draws[1])
+
+
+@pytest.mark.parametrize("layout", ["one_layer", "two_layers_bidirectional_dropout", "batch_first_no_bias"])
+def test_a_stack_aten_won_runs_as_torch_nn_runs_it(layout, monkeypatch):
+    """Once oneDNN won every layer's timing, the layer runs the whole stack in one torch.lstm call, as
+    torch.nn.LSTM does: the same numbers as torch.nn, gradients and double backward included."""
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: {"engine": "aten"})
+    kw = {"one_layer": {}, "two_layers_bidirectional_dropout": dict(num_layers=2, bidirectional=True, dropout=0.3),
+          "batch_first_no_bias": dict(batch_first=True, bias=False)}[layout]
+    torch.manual_seed(0)
+    auto, plain = rnnkit.LSTM(3, 5, **kw), torch.nn.LSTM(3, 5, **kw)
+    plain.load_state_dict(auto.state_dict())
+    x = torch.randn(6, 4, 3, requires_grad=True)
+    auto(x)  # the first call times (here: is told) every layer's class; the next takes the whole-stack path
+    calls = []
+    real = aten.run_stack
+    monkeypatch.setattr(aten, "run_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(1)
+    (a, (ha, ca)) = auto(x)
+    torch.manual_seed(1)
+    (p, (hp, cp)) = plain(x)
+    assert calls == [1]
+    for u, v in ((a, p), (ha, hp), (ca, cp)):
+        assert torch.equal(u, v)
+    up = torch.randn_like(a)
+    for u, v in zip(torch.autograd.grad(a, [x, *auto.parameters()], up, create_graph=True),
+                    torch.autograd.grad(p, [x, *plain.parameters()], up, create_graph=True), strict=True):
+        assert torch.equal(u, v)
+    with torch.no_grad():  # inference is its own shape class: timed first, then the same path
+        auto(x), auto(x)
+    assert calls == [1, 1]
+
+
+def test_the_whole_stack_path_is_not_taken_where_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: {"engine": "aten"})
+    monkeypatch.setattr(aten, "run_stack", lambda *a, **k: pytest.fail("whole-stack path taken"))
+    torch.manual_seed(0)
+    lstm = rnnkit.LSTM(3, 5)
+    x = torch.randn(6, 4, 3)
+    for _ in range(2):
+        lstm(x, lengths=torch.tensor([6, 5, 6, 2]))  # packed: sequences of different lengths
+    with rnnkit.engines.use("cpu"):
+        lstm(x)
+    projected = rnnkit.LSTM(3, 5, proj_size=2)
+    projected(x), projected(x)
+    lstm.double()(x.double())
+    lstm.float()
+    monkeypatch.setenv("RNNKIT_TUNE", "0")
+    lstm(x)
+    gru = rnnkit.GRU(3, 5)
+    gru(x), gru(x)

@@ -244,6 +244,16 @@ def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, 
             "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}, "rounds": rounds}
 
 
+def whole_stack_is_aten(mode: str, train: bool, steps: int, batch: int, inputs: list[int], hidden: int) -> bool:
+    """True when every layer of a call (layer input sizes `inputs`) was timed on this machine and torch's
+    fused LSTM won: the layer then runs the whole stack as torch.nn does (aten.run_stack), one call for all
+    layers. A class not timed yet is False: the per-layer path runs and times it."""
+    if _table is None or not enabled() or tracing():
+        return False
+    entries = [_table.get(shape_class(mode, train, steps, batch, inp, hidden)) for inp in set(inputs)]
+    return all(e is not None and e["engine"] == "aten" for e in entries)
+
+
 def chosen(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:
     """What "auto" runs for this shape class at the current thread count (for reports): "aten" or "cpu"."""
     entry = table().get(shape_class(mode, train, steps, batch, inp, hidden))

@@ -258,12 +258,29 @@ class RecurrentLayer(nn.Module):
         run_layer = engines.select(self.engine, rows.data)
         if form.export_lengths is not None:
             run_layer = partial(masked_layer, form.export_lengths.to(rows.data.device))
-        out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, weights, self.dropout,
-                                  self.training)
+        if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights):
+            out, h_n, c_n = engines.aten.run_stack(rows.data.reshape(-1, rows.batch, rows.data.shape[1]), h0, c0,
+                                                   weights, self.dropout, self.training, self.bidirectional)
+        else:
+            out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, weights,
+                                      self.dropout, self.training)
         if low is not None and self.proj_size and rows.data.device.type == "cpu":
             # torch.nn's CPU LSTM with a projection keeps its cell state in c_0's dtype under autocast
             c_n = c_n.to((input.data if form.packed else input).dtype if hx is None else hx[1].dtype)
         return self.from_rows(out, [h_n] if c_n is None else [h_n, c_n], rows, form)
+
+    def aten_wins(self, rows: Rows, h0: Tensor, c0: Tensor | None, weights) -> bool:
+        """engine="auto" on CPU found torch's fused LSTM faster than the CPU engine for every layer of this call
+        (engines.tune): a padded float32 LSTM without projection, timed before on this machine."""
+        data = rows.data
+        if (self.mode != "LSTM" or self.proj_size or rows.batch_sizes is not None or data.dtype != torch.float32
+                or data.shape[0] == 0):
+            return False
+        tensors = [data, h0, c0, *(w for layer in weights for ws in layer for w in ws if w is not None)]
+        train = engines.tune.needs_grad(*tensors)
+        inputs = [self.input_size] + [self.hidden_size * self.num_directions] * (self.num_layers - 1)
+        return engines.tune.whole_stack_is_aten("LSTM", train, data.shape[0] // rows.batch, rows.batch, inputs,
+                                                self.hidden_size)
 
     def to_rows(self, input, lengths) -> tuple[Rows, InputForm]:
         """Validate the input and bring any form of it to the engines' packed rows."""
