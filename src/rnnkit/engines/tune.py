@@ -21,6 +21,12 @@ faster, and the choice is written to disk, like Triton's autotuner, so later pro
 - Never timed: under torch.compile or export tracing, torch.func transforms, jit.trace and ONNX export
   (those run "cpu", one fixed operator); with RNNKIT_TUNE=0 (then "cpu" always, the old behaviour).
 
+- Whole stack: once every layer of a call was timed and oneDNN won each, the layer runs all its layers
+  and directions in one torch.lstm call, exactly as torch.nn.LSTM does (aten.run_stack): no operator
+  dispatch per layer between the caller and the kernel, whose overhead alone made "auto" slower than
+  torch.nn on small, overhead-bound calls (0.78x at T=100, B=1, H=128). Such a call gives torch.nn's
+  numbers to the last digit.
+
 Both candidates give the reference engine's numbers within rnnkit.testing's tolerances, so a
 choice changes speed, never results beyond float rounding.
 """
