@@ -101,3 +101,29 @@ def test_an_engine_that_cannot_run_raises():
             layer.double()(torch.randn(3, 2, 3, dtype=torch.float64))
         else:
             layer(torch.randn(3, 2, 3))
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_a_saved_program_loads_in_a_new_process(kind, tmp_path):
+    """`import rnnkit.engines` registers the families' operators too, so a saved program loads and runs."""
+    import subprocess
+    import sys
+
+    layer, x = make(kind), torch.randn(5, 2, 3)
+    program = torch.export.export(layer, (x,))
+    torch.export.save(program, tmp_path / "layer.pt2")
+    torch.save({"x": x, "out": layer(x)[0]}, tmp_path / "io.pt")
+    code = (f"import torch, rnnkit.engines; io = torch.load({str(tmp_path / 'io.pt')!r}); "
+            f"m = torch.export.load({str(tmp_path / 'layer.pt2')!r}).module(); "
+            "assert torch.allclose(m(io['x'])[0], io['out'], atol=1e-6), 'different output'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_onnx_export_of_these_cells_says_what_to_do_instead(tmp_path):
+    pytest.importorskip("onnxscript")
+    from rnnkit.train.export import ExportError, export_and_check
+
+    model = rnnkit.LSTM(3, 4, layer_norm=True).eval()
+    with pytest.raises(ExportError, match="ONNX has no operator for the cells of LSTM.*--format pt2"):
+        export_and_check(model, (torch.randn(5, 2, 3),), "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -28,7 +28,7 @@ import contextvars
 import torch
 from torch import Tensor
 
-from . import aten, cpu, ops, reference, triton, tune  # noqa: F401  (ops registers the operators)
+from . import aten, cpu, ops, reference, triton, tune, variant_ops  # noqa: F401  (ops registers the operators)
 
 ENGINES = {"reference": reference, "cpu": cpu, "aten": aten, "triton": triton}
 ENGINE_NAMES = ("auto", *ENGINES)
@@ -98,3 +98,8 @@ def use(name: str):
     finally:
         _auto_engine.reset(token)
         _auto_engine_for_compile = outer
+
+
+# The operators of the cell families torch.nn lacks too, so that a saved torch.export program that calls
+# them loads after `import rnnkit.engines` (registering imports no Numba or Triton: about 50 ms)
+variant_ops.register_all()

@@ -71,6 +71,10 @@ def save_onnx(model: torch.nn.Module, args: tuple, dynamic_shapes, path: Path) -
         import onnxscript  # noqa: F401
     except ImportError:
         raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'rnnkit[export]'") from None
+    beyond = sorted({type(m).__name__ for m in model.modules() if getattr(m, "active_family", lambda: None)()})
+    if beyond:  # their operators have no ONNX translation: say so before the exporter fails deep inside
+        raise ExportError(f"ONNX has no operator for the cells of {', '.join(beyond)} (layer norm, peepholes, "
+                          f"minGRU/minLSTM, sLSTM): export with --format pt2 instead")
     program = torch.onnx.export(model, args, dynamic_shapes=dynamic_shapes)
     with temporary_beside(path) as tmp:
         program.save(str(tmp))
