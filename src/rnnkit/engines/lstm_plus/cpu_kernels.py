@@ -6,8 +6,8 @@ dtype-dispatched tanh/sigmoid, BLAS from torch for each step's recurrent product
 Each option is a runtime flag: one compiled kernel per dtype serves every config.
 
 A step of the forward, for the bs running rows:
-    hm = h * r                                   (rdrop)
-    hp = hm W_hh^T                               one BLAS call for the step's rows
+    hp = hm W_hh^T                               one BLAS call for the step's rows (hm = h * r with
+                                                 rdrop, kept up to date by the previous step; else h)
     per row: LN of hp over 4H (two passes: mean, then variance), then one pass over the hidden
     units for i, f, g, c~ and o, LN of c~ over H (two passes), and a last pass for h~ and the
     zoneout mixes, which writes the state in place (h, c (B, H): initial on entry, final on exit).
@@ -17,6 +17,9 @@ entry, at the initial state on exit):
     per row: a pass for dh~, do and dy (and the sums LN(c~)'s backward needs), a pass for dc~, the gate
     gradients and dc_prev, then LN(hp)'s backward over 4H (dz); then
     dh[:bs] = zh dh' + (dz W_hh) * r              one BLAS call for the step's rows
+Both kernels run the processing steps k0 <= k < k1 and, with own_product=False, leave the recurrent
+product to the caller, as rnnkit.engines.cpu_kernels' do (read its docstring): forward, hp holds
+hm[:bs] W_hh^T on entry; backward, the caller adds (dz W_hh) * r to dh[:bs] after the step.
 The small parameters' gradients (peepholes, LN of c~) are summed over rows inside the loop (dsmall);
 dW_hh, db_hh and the LN(hp) parameters' gradients are single products/sums over all rows in cpu.py.
 """
@@ -48,24 +51,22 @@ def row_stats(v, n):
 
 @njit(**KERNEL)
 def forward(fn, ln, peep, rdrop, zon_h, zon_c, xp, w_hh, w_hh_t, b_hh, ln_w, ln_b, lnc_w, lnc_b, p, r, zh, zc,
-            h, c, batch_sizes, offsets, reverse, out, cs, ct, gates, zn, stats, hm, hp, c_tilde):
+            h, c, batch_sizes, offsets, reverse, out, cs, ct, gates, zn, stats, hm, hp, c_tilde, k0, k1, own_product):
     """out (N, H), cs (N, H) = c', ct (N, H) = c~ (zon_c), gates (N, 4H), zn (N, 4H) and stats (N, 3) (ln);
-    h, c (B, H) initial -> final; hm (B, H), hp (B, 4H), c_tilde (B, H) scratch. b_hh is (4H) (zeros without
-    a bias); arrays of options that are off may be empty."""
+    h, c (B, H) initial -> final; with rdrop hm (B, H) = h * r, the state the recurrent product reads: the
+    caller's h0 * r on entry, kept up to date for the running rows (unused without rdrop); hp (B, 4H)
+    (the caller's product with own_product=False; overwritten in place by LN) and c_tilde (B, H) scratch.
+    b_hh is (4H) (zeros without a bias); arrays of options that are off may be empty."""
     num_steps, hidden = batch_sizes.shape[0], c.shape[1]
     width = 4 * hidden
     dt = xp.dtype.type
     one = dt(1)
-    for k in range(num_steps):
+    src = hm if rdrop else h  # the recurrent product reads the dropped-out state; the zoneout mix the plain one
+    for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
-        src = h
-        if rdrop:  # the recurrent product reads the dropped-out state; the zoneout mix the plain one
-            for b in range(bs):
-                for j in range(hidden):
-                    hm[b, j] = h[b, j] * r[b, j]
-            src = hm
-        product_from_state(fn, src, w_hh, w_hh_t, hp, bs)  # hp[:bs] = hm W_hh^T
+        if own_product:
+            product_from_state(fn, src, w_hh, w_hh_t, hp, bs)  # hp[:bs] = hm W_hh^T
         for b in range(bs):
             row = off + b
             hp_row, x_row, g_row, ct_row = hp[b], xp[row], gates[row], c_tilde[b]
@@ -109,11 +110,14 @@ def forward(fn, ln, peep, rdrop, zon_h, zon_c, xp, w_hh, w_hh_t, b_hh, ln_w, ln_
                     h_t = zh[row, j] * h[b, j] + (one - zh[row, j]) * h_t
                 h[b, j], c[b, j] = h_t, c_new
                 out[row, j], cs[row, j] = h_t, c_new
+                if rdrop:
+                    hm[b, j] = h_t * r[b, j]
 
 
 @njit(**KERNEL)
 def backward(fn, ln, peep, rdrop, zon_h, zon_c, w_hh, ln_w, lnc_w, lnc_b, p, r, zh, zc, h0, c0, out, cs, ct, gates,
-             zn, stats, dout, dh, dc, batch_sizes, offsets, reverse, da, dz, hm_prev, dsmall, tmp, dhm):
+             zn, stats, dout, dh, dc, batch_sizes, offsets, reverse, da, dz, hm_prev, dsmall, tmp, dhm, k0, k1,
+             own_product):
     """da (N, 4H) = dxp; dz (N, 4H) the gradient of hm W_hh^T (ln; else da serves); hm_prev (N, H) the
     (dropped-out) state each step's product read; dsmall (5H) += [dp_i, dp_f, dp_o, dw_c_ln, db_c_ln];
     dh, dc (B, H) final -> initial; tmp (B, H), dhm (B, H) scratch. ct is (N, H) with zon_c (else cs is c~)."""
@@ -121,7 +125,7 @@ def backward(fn, ln, peep, rdrop, zon_h, zon_c, w_hh, ln_w, lnc_w, lnc_b, p, r, 
     width = 4 * hidden
     dt = out.dtype.type
     one = dt(1)
-    for k in range(num_steps):
+    for k in range(k0, k1):
         t = step_at(k, num_steps, not reverse)  # backward visits the steps in the opposite order
         bs, off = batch_sizes[t], offsets[t]
         for b in range(bs):
@@ -193,7 +197,8 @@ def backward(fn, ln, peep, rdrop, zon_h, zon_c, w_hh, ln_w, lnc_w, lnc_b, p, r, 
                 m1, m2, rstd = dt(s1 / width), dt(s2 / width), stats[row, 0]
                 for q in range(width):
                     dz_row[q] = rstd * (d_row[q] * ln_w[q] - m1 - z_row[q] * m2)
-        product_to_prev(fn, dz[off:] if ln else da[off:], w_hh, dhm, bs, False)  # dhm[:bs] = dz W_hh
-        for b in range(bs):
-            for j in range(hidden):
-                dh[b, j] += dhm[b, j] * r[b, j] if rdrop else dhm[b, j]
+        if own_product:
+            product_to_prev(fn, dz[off:] if ln else da[off:], w_hh, dhm, bs, False)  # dhm[:bs] = dz W_hh
+            for b in range(bs):
+                for j in range(hidden):
+                    dh[b, j] += dhm[b, j] * r[b, j] if rdrop else dhm[b, j]
