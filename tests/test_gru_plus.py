@@ -243,6 +243,19 @@ def test_cpu_matches_reference(config, case, dtype):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("config", CONFIGS)
+def test_cpu_stepwise_matches_reference(config, case, monkeypatch):
+    """The strategy large float32 steps take: one step at a time from Python, the recurrent product through
+    oneDNN (the stock engine's threshold lowered to force it at these sizes)."""
+    from rnnkit.engines import cpu as stock
+
+    if stock._onednn_linear() is None:
+        pytest.skip("the stepwise strategy is for float32 with oneDNN")
+    monkeypatch.setattr(stock, "STEPWISE_MIN_MACS", 0)
+    check_engine("cpu", config, *CASES[case])
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("config", CONFIGS)
 def test_triton_matches_reference(config, case, triton_interpreted):
     check_engine("triton", config, *CASES[case])
 

@@ -2,7 +2,8 @@
 
 Same signature, layout and saved tensors as rnnkit.engines.gru_plus.reference. What stays in torch: the
 products over all steps, dW_hh = dG^T HM, and the parameter sums (rnnkit.engines.gru_plus.reference's
-param_grads). float32 and float64.
+param_grads). float32 and float64. Large float32 steps run one at a time from Python with the recurrent product
+through oneDNN, under the stock engine's rule (rnnkit.engines.cpu.stepwise).
 """
 
 from __future__ import annotations
@@ -63,13 +64,15 @@ def forward(config, xp, batch_sizes, states, params, masks, reverse):
     g_hat = empty(xp, n, 3 * hidden) if opts.ln else xp.new_empty(0)
     rstd = empty(xp, n) if opts.ln else xp.new_empty(0)
     h = h0.detach().clone(memory_format=torch.contiguous_format)
-    hm, g = empty(xp, batch, hidden), empty(xp, batch, 3 * hidden)
-    kernels().forward(stock.gemm_fn(xp.dtype), arr(xp), arr(w_hh), filled(b_hh, 3 * hidden, 0.0, xp),
-                      filled(gamma, 3 * hidden, 1.0, xp), filled(beta, 3 * hidden, 0.0, xp),
-                      mask_or_none(rdrop, xp), mask_or_none(zoneout, xp), arr(h), sizes, offsets, reverse, opts.ln,
-                      opts.rdrop, opts.zoneout, 1e-5, arr(out), arr(cache),
-                      arr(g_hat) if opts.ln else np.zeros((0, 0), dtype=stock.np_dtype(xp)),
-                      arr(rstd) if opts.ln else np.zeros(0, dtype=stock.np_dtype(xp)), arr(hm), arr(g))
+    hm = h * rdrop.detach() if rdrop is not None else h  # what the recurrent product reads (the kernel keeps it)
+    g = empty(xp, batch, 3 * hidden)
+    fixed = (stock.gemm_fn(xp.dtype), arr(xp), arr(w_hh), filled(b_hh, 3 * hidden, 0.0, xp),
+             filled(gamma, 3 * hidden, 1.0, xp), filled(beta, 3 * hidden, 0.0, xp), mask_or_none(rdrop, xp),
+             mask_or_none(zoneout, xp), arr(h), sizes, offsets, reverse, opts.ln, opts.rdrop, opts.zoneout, 1e-5,
+             arr(out), arr(cache), arr(g_hat) if opts.ln else np.zeros((0, 0), dtype=stock.np_dtype(xp)),
+             arr(rstd) if opts.ln else np.zeros(0, dtype=stock.np_dtype(xp)), arr(hm))
+    stock.forward_steps(lambda g_, *k: kernels().forward(*fixed, g_, *k), g, hm, w_hh.detach(), batch_sizes,
+                        reverse)
     return out, [h], (cache, g_hat, rstd)
 
 
@@ -86,10 +89,16 @@ def backward(config, xp, batch_sizes, states, params, masks, reverse, out, saved
     hprev, dhm = empty(xp, n, hidden), empty(xp, batch, hidden)
     dh = d_states_n[0].detach().clone(memory_format=torch.contiguous_format)
     none2 = np.zeros((0, 0), dtype=stock.np_dtype(xp))
-    kernels().backward(stock.gemm_fn(xp.dtype), arr(w_hh), filled(gamma, 3 * hidden, 1.0, xp),
-                       mask_or_none(rdrop, xp), mask_or_none(zoneout, xp), arr(h0), arr(out), arr(cache),
-                       arr(g_hat) if opts.ln else none2, arr(rstd) if opts.ln else np.zeros(0, dtype=none2.dtype),
-                       arr(d_out), arr(dh), sizes, offsets, reverse, opts.ln, opts.rdrop, opts.zoneout, arr(dxp),
-                       arr(dhp), arr(dg), arr(hprev), arr(dhm))
+    fixed = (stock.gemm_fn(xp.dtype), arr(w_hh), filled(gamma, 3 * hidden, 1.0, xp), mask_or_none(rdrop, xp),
+             mask_or_none(zoneout, xp), arr(h0), arr(out), arr(cache), arr(g_hat) if opts.ln else none2,
+             arr(rstd) if opts.ln else np.zeros(0, dtype=none2.dtype), arr(d_out), arr(dh), sizes, offsets, reverse,
+             opts.ln, opts.rdrop, opts.zoneout, arr(dxp), arr(dhp), arr(dg), arr(hprev), arr(dhm))
+
+    def step_product(rows, w_t):  # (dg W_hh) * rdrop, what the step sends back to h_{t-1}
+        product = stock.linear(dg[rows], w_t)
+        return product * rdrop[:product.shape[0]] if rdrop is not None else product
+
+    stock.backward_steps(lambda *k: kernels().backward(*fixed, *k), dh, step_product, w_hh.detach(), batch_sizes,
+                         reverse, True)
     hm = hprev * mask_rows(rdrop, batch_sizes) if rdrop is not None else hprev  # (N, H) what W_hh multiplied
     return dxp, [dh], param_grads(opts, params, dhp, dg, hm, g_hat if opts.ln else None)

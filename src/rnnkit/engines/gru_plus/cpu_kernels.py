@@ -3,12 +3,14 @@
 The layout and conventions are rnnkit.engines.cpu_kernels' (read its docstring): packed time-major
 rows, batch_sizes[t] rows from offsets[t], states (B, .) updated in place, rows beyond batch_sizes[t]
 untouched at step t, the recurrent product of each step through torch's BLAS (`gemm`), float32 with
-the rational tanh and float64 with libm. The whole time loop is one compiled call; there are no
-stepwise or one-row strategies here (the stock kernels' speed work is not repeated).
+the rational tanh and float64 with libm. Like the stock kernels, both run the processing steps
+k0 <= k < k1 and, with own_product=False, leave the recurrent product to the caller (the stock engine's
+stepwise strategy for large float32 steps: forward, g holds hm[:bs] W_hh^T on entry; backward, the
+caller adds (dg W_hh) * rdrop to dh[:bs] after the step); there is no one-row strategy here.
 
 Per step, forward:
-    hm[:bs] = h[:bs] * rdrop[:bs]                    (with rdrop; else the product reads h)
-    g[:bs] = hm[:bs] W_hh^T                          one gemm
+    g[:bs] = hm[:bs] W_hh^T                          one gemm (hm = h * rdrop with rdrop, kept up to
+                                                     date by the previous step; else the product reads h)
     per row: layer norm over the 3H features         two passes for mean and variance (float64 sums)
              gates, zoneout, h updated in place
 
@@ -31,24 +33,22 @@ from ..cpu_kernels import KERNEL, gather_prev, product_to_prev, sigmoid, step_at
 
 @njit(**KERNEL)
 def forward(fn, xp, w_hh, b_hh, ln_w, ln_b, rdrop, zoneout, h, batch_sizes, offsets, reverse, use_ln, use_rdrop,
-            use_zoneout, eps, out, cache, g_hat, rstd, hm, g):
+            use_zoneout, eps, out, cache, g_hat, rstd, hm, g, k0, k1, own_product):
     """out (N, H); cache (N, 4H) = [r, z, n, h_n]; g_hat (N, 3H) and rstd (N,) written with use_ln;
-    h (B, H) initial -> final; hm (B, H) and g (B, 3H) scratch. b_hh, ln_w, ln_b (3H) are zeros, ones,
+    h (B, H) initial -> final; with use_rdrop hm (B, H) = h * rdrop, what the product reads: the caller's
+    h0 * rdrop on entry, kept up to date for the running rows (unused without rdrop); g (B, 3H) scratch (the
+    caller's product with own_product=False; LN overwrites it in place). b_hh, ln_w, ln_b (3H) are zeros, ones,
     zeros where absent; rdrop (B, H), zoneout (N, H) are read only when used."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
     width = 3 * hidden
     one = out.dtype.type(1)
-    for k in range(num_steps):
+    src = hm if use_rdrop else h
+    for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
-        src = h
-        if use_rdrop:
-            for b in range(bs):
-                for j in range(hidden):
-                    hm[b, j] = h[b, j] * rdrop[b, j]
-            src = hm
-        gemm(fn, True, False, width, bs, hidden, g.dtype.type(1), w_hh, hidden, src, hidden, g.dtype.type(0), g,
-             width)  # g[:bs] = src[:bs] W_hh^T
+        if own_product:
+            gemm(fn, True, False, width, bs, hidden, g.dtype.type(1), w_hh, hidden, src, hidden, g.dtype.type(0),
+                 g, width)  # g[:bs] = src[:bs] W_hh^T
         for b in range(bs):
             g_row, row = g[b], off + b
             if use_ln:  # g_row becomes hp = ĝ * gamma + beta in place; ĝ is saved
@@ -81,18 +81,20 @@ def forward(fn, xp, w_hh, b_hh, ln_w, ln_b, rdrop, zoneout, h, batch_sizes, offs
                 h_row[j] = h_new
                 o_row[j] = h_new
                 k_row[j], k_row[hidden + j], k_row[2 * hidden + j], k_row[3 * hidden + j] = r, z, n, h_n
+                if use_rdrop:
+                    hm[b, j] = h_new * rdrop[b, j]
 
 
 @njit(**KERNEL)
 def backward(fn, w_hh, ln_w, rdrop, zoneout, h0, out, cache, g_hat, rstd, dout, dh, batch_sizes, offsets, reverse,
-             use_ln, use_rdrop, use_zoneout, dxp, dhp, dg, hprev, dhm):
+             use_ln, use_rdrop, use_zoneout, dxp, dhp, dg, hprev, dhm, k0, k1, own_product):
     """dxp, dhp (N, 3H): the gradients at xp and hp; dg (N, 3H) the gradient at g = hm W_hh^T (written with
     use_ln; without layer norm the caller passes dhp as dg); hprev (N, H) the state each step started from;
     dh (B, H) gradient at the final state -> at the initial state; dhm (B, H) scratch."""
     num_steps, hidden = batch_sizes.shape[0], h0.shape[1]
     width = 3 * hidden
     one, zero = out.dtype.type(1), out.dtype.type(0)
-    for k in range(num_steps):
+    for k in range(k0, k1):
         t = step_at(k, num_steps, not reverse)  # backward visits the steps in the opposite order
         bs, off = batch_sizes[t], offsets[t]
         gather_prev(t, bs, batch_sizes, offsets, reverse, out, h0, hprev, off)
@@ -126,6 +128,8 @@ def backward(fn, w_hh, ln_w, rdrop, zoneout, h0, out, cache, g_hat, rstd, dout, 
                 m1, m2, r_std = s1 / width, s2 / width, rstd[row]
                 for c in range(width):
                     dg_row[c] = out.dtype.type(r_std * (dp_row[c] * ln_w[c] - m1 - gh_row[c] * m2))
+        if not own_product:
+            continue
         if use_rdrop:  # dh[:bs] += (dg W_hh) * rdrop
             product_to_prev(fn, dg[off:], w_hh, dhm, bs, False)
             for b in range(bs):
