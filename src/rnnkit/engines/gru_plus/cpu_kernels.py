@@ -81,8 +81,9 @@ def forward(fn, xp, w_hh, b_hh, ln_w, ln_b, rdrop, zoneout, h, batch_sizes, offs
                 h_row[j] = h_new
                 o_row[j] = h_new
                 k_row[j], k_row[hidden + j], k_row[2 * hidden + j], k_row[3 * hidden + j] = r, z, n, h_n
-                if use_rdrop:
-                    hm[b, j] = h_new * rdrop[b, j]
+            if use_rdrop:  # a loop of its own: a condition inside the loop above could keep it from vectorising
+                for j in range(hidden):
+                    hm[b, j] = h_row[j] * rdrop[b, j]
 
 
 @njit(**KERNEL)

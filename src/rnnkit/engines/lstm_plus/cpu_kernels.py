@@ -110,8 +110,9 @@ def forward(fn, ln, peep, rdrop, zon_h, zon_c, xp, w_hh, w_hh_t, b_hh, ln_w, ln_
                     h_t = zh[row, j] * h[b, j] + (one - zh[row, j]) * h_t
                 h[b, j], c[b, j] = h_t, c_new
                 out[row, j], cs[row, j] = h_t, c_new
-                if rdrop:
-                    hm[b, j] = h_t * r[b, j]
+            if rdrop:  # a loop of its own: a condition inside the loop above could keep it from vectorising
+                for j in range(hidden):
+                    hm[b, j] = h[b, j] * r[b, j]
 
 
 @njit(**KERNEL)
