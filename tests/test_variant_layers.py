@@ -127,3 +127,29 @@ def test_onnx_export_of_these_cells_says_what_to_do_instead(tmp_path):
     with pytest.raises(ExportError, match="ONNX has no operator for the cells of LSTM.*--format pt2"):
         export_and_check(model, (torch.randn(5, 2, 3),), "onnx", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_the_input_projection_and_its_gradients_equal_f_linear(bias):
+    """variant_ops.input_projection (the CPU engine's products, oneDNN where faster) against F.linear,
+    including a second derivative."""
+    from rnnkit.engines.variant_ops import input_projection
+
+    torch.manual_seed(3)
+    x = torch.randn(700, 96, requires_grad=True)
+    w = torch.randn(128, 96, requires_grad=True)
+    b = torch.randn(128, requires_grad=True) if bias else None
+    inputs = [t for t in (x, w, b) if t is not None]
+    g = torch.randn(700, 128)
+    got, want = input_projection(x, w, b), torch.nn.functional.linear(x, w, b)
+    assert_close(got, want)
+    first = [torch.autograd.grad(out, inputs, g, create_graph=True) for out in (got, want)]
+    for a, e in zip(*first, strict=True):
+        assert_close(a, e, kind="grad")
+    # the second derivative through the first (create_graph): w's gradient reaches x
+    weights = torch.randn(128, 96)
+    second = [torch.autograd.grad((grads[1] * weights).sum(), x)[0] for grads in first]
+    assert_close(second[0], second[1], kind="grad")
+    x64 = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(lambda x, w: input_projection(x, w), (x64, w64))

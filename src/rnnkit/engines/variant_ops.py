@@ -44,6 +44,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import cpu
 from .ops import no_autocast, steps
 
 FAMILY_NAMES = ("lstm_plus", "gru_plus", "minimal", "slstm")
@@ -199,6 +200,38 @@ def resolve(family_name: str, name: str, device_type: str, dtype: torch.dtype) -
 
 # A constant of a torch.compile trace (its inputs are guarded), as engines.resolve is
 resolve._dynamo_marked_constant = True
+
+
+class _Projection(torch.autograd.Function):
+    """x W^T + b through the CPU engine's products (oneDNN where it is faster than torch's own, as for the stock
+    cells' input projection), with its gradient formed the same way."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return cpu.linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx, d: Tensor):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: the gradient must itself be differentiable
+            dx, dw, db = d @ w, d.t() @ x, d.sum(0) if ctx.has_bias else None
+        else:
+            dx, dw, db = cpu.input_grads(x, w, d, ctx.has_bias, need_x)
+        return dx if need_x else None, dw if need_w else None, db if need_b else None
+
+
+def input_projection(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """xp = x W^T + b for all steps at once (N, G*H): what the layers give the operators. On CPU in float32 the
+    products go where the stock engines send theirs; elsewhere, and whenever torch traces or transforms
+    (compile, export, torch.func), it is F.linear."""
+    from .tune import tracing
+
+    if x.device.type != "cpu" or x.dtype != torch.float32 or tracing() or cpu.why_not(x) is not None:
+        return torch.nn.functional.linear(x, w, b)
+    return _Projection.apply(x, w, b)
 
 
 def run(family_name: str, engine_name: str, config: str, xp: Tensor, batch_sizes, states: list[Tensor],

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cells import minimal as cell
+from ..engines import variant_ops
 from .layers import Rows
 from .variants import VariantLayer
 
@@ -40,7 +41,7 @@ class MinimalLayer(VariantLayer):
     def recurrence(self, index: int, direction: int, x: Tensor, rows: Rows):
         """xp = x W_ih^T + b_ih for all steps at once, the operator's only input: no recurrent weights."""
         w = self.weights(index, direction)
-        return self.config, F.linear(x, w["weight_ih"], w.get("bias_ih")), [], []
+        return self.config, variant_ops.input_projection(x, w["weight_ih"], w.get("bias_ih")), [], []
 
     def step(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One time step of every layer: x (B, I) or (I,), h (L, B, H) or (L, H) or None (zeros).

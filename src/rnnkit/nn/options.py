@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..engines import variant_ops
+
 LN_EPS = 1e-5  # torch.nn.LayerNorm's
 
 
@@ -89,7 +91,7 @@ def recurrence(layer, index: int, direction: int, x: Tensor, rows):
     ln = {k: getattr(layer, f"ln_{k}{suffix}", None) for k in ("ih_weight", "ih_bias", "hh_weight", "hh_bias",
                                                                  "cell_weight", "cell_bias")}
     words = ["bias"] if b_hh is not None else []
-    xp = x @ w_ih.t()  # (N, G*H)
+    xp = variant_ops.input_projection(x, w_ih)  # (N, G*H)
     if layer.layer_norm:
         words.append("ln")
         xp = F.layer_norm(xp, (xp.shape[1],), ln["ih_weight"], ln["ih_bias"], LN_EPS)

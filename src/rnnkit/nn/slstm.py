@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cells import slstm as cell
+from ..engines import variant_ops
 from .layers import Rows
 from .variants import VariantLayer
 
@@ -64,7 +65,7 @@ class SLSTM(VariantLayer):
 
     def recurrence(self, index: int, direction: int, x: Tensor, rows: Rows):
         w = self.weights(index, direction)
-        xp = F.linear(x, w["weight_ih"], w.get("bias_ih"))  # (N, 4H), all steps at once
+        xp = variant_ops.input_projection(x, w["weight_ih"], w.get("bias_ih"))  # (N, 4H), all steps at once
         return f"heads={self.num_heads}", xp, [w["weight_hh"]], []
 
     def step(self, x: Tensor, hx=None) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
