@@ -37,16 +37,18 @@ EPS = 1e-5
 
 @njit(inline="always")
 def row_stats(v, n):
-    """mean and 1/sqrt(biased variance + eps) of v[:n], two passes, accumulated in float64."""
-    s = 0.0
+    """mean and 1/sqrt(biased variance + eps) of v[:n], two passes, accumulated in v's dtype: the sums then
+    vectorise (several partial sums in parallel), which also keeps float32's rounding small at these widths."""
+    s = v.dtype.type(0)
     for q in range(n):
         s += v[q]
-    mean = s / n
-    ss = 0.0
+    count = v.dtype.type(n)
+    mean = s / count
+    ss = v.dtype.type(0)
     for q in range(n):
         d = v[q] - mean
         ss += d * d
-    return mean, 1.0 / math.sqrt(ss / n + EPS)
+    return mean, v.dtype.type(1) / math.sqrt(ss / count + v.dtype.type(EPS))
 
 
 @njit(**KERNEL)
@@ -93,7 +95,7 @@ def forward(fn, ln, peep, rdrop, zon_h, zon_c, xp, w_hh, w_hh_t, b_hh, ln_w, ln_
                     a_o += p[2 * hidden + j] * c_new
                 g_row[j], g_row[hidden + j], g_row[2 * hidden + j], g_row[3 * hidden + j] = i, f, g, sigmoid(a_o)
                 ct_row[j] = c_new
-            mean_c, rstd_c = 0.0, 1.0
+            mean_c, rstd_c = dt(0), one
             if ln:
                 mean_c, rstd_c = row_stats(ct_row, hidden)
                 stats[row, 1], stats[row, 2] = dt(mean_c), dt(rstd_c)
@@ -140,7 +142,7 @@ def backward(fn, ln, peep, rdrop, zon_h, zon_c, w_hh, ln_w, lnc_w, lnc_b, p, r, 
             mean_c, rstd_c = dt(0), dt(1)
             if ln:
                 mean_c, rstd_c = stats[row, 1], stats[row, 2]
-            s1, s2 = 0.0, 0.0  # sums of dcn and dcn * cn over the row (LN(c~)'s backward)
+            s1, s2 = dt(0), dt(0)  # sums of dcn and dcn * cn over the row (LN(c~)'s backward)
             for j in range(hidden):
                 dh_new = dh[b, j] + dout[row, j]  # from the output at t and from step t+1
                 dh_t = (one - zh[row, j]) * dh_new if zon_h else dh_new
@@ -190,7 +192,7 @@ def backward(fn, ln, peep, rdrop, zon_h, zon_c, w_hh, ln_w, lnc_w, lnc_b, p, r, 
                 dc[b, j] = dc_prev
             if ln:  # dz = rstd (dzn - mean(dzn) - zn mean(dzn * zn)), dzn = da * w_ln
                 z_row, dz_row = zn[row], dz[row]
-                s1, s2 = 0.0, 0.0
+                s1, s2 = dt(0), dt(0)
                 for q in range(width):
                     v = d_row[q] * ln_w[q]
                     s1 += v
