@@ -153,3 +153,15 @@ def test_the_input_projection_and_its_gradients_equal_f_linear(bias):
     x64 = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     w64 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradgradcheck(lambda x, w: input_projection(x, w), (x64, w64))
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_autocast_runs_them_in_the_input_dtype(kind):
+    """Autocast has no policy for these cells: they run in the input's dtype (as torch.nn's GRU on CPU), never
+    half of their ops in bfloat16."""
+    layer, x = make(kind), torch.randn(5, 2, 3)
+    expected = layer(x)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)[0]
+    assert out.dtype == torch.float32
+    assert_close(out, expected)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
 
 from .. import engines
 from ..engines import variant_ops
@@ -40,7 +41,15 @@ from .layers import RecurrentLayer, Rows
 
 
 def variant_forward(layer: RecurrentLayer, family: str, input, hx, lengths):
-    """forward of a layer whose cells come from engine family `family`."""
+    """forward of a layer whose cells come from engine family `family`.
+
+    Under torch.autocast these cells run in the input's dtype, as torch.nn's GRU does on CPU (autocast has
+    no policy for them, and casting half of their ops, the products but not the layer norms, would mix
+    dtypes at the operator): the output has the input's dtype."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    if isinstance(data, Tensor) and torch.is_autocast_enabled(data.device.type):
+        with torch.autocast(data.device.type, enabled=False):
+            return variant_forward(layer, family, input, hx, lengths)
     name = type(layer).__name__
     rows, form = layer.to_rows(input, lengths)
     if form.export_lengths is not None:
