@@ -57,7 +57,7 @@ def family(name: str):
     """The package of family `name` (imported on first use).
 
     Kept in a dict once imported: torch.compile traces a dict lookup, but not importlib.import_module
-    (a graph break); rnnkit.nn.minimal imports its family and registers its operators when a layer is built."""
+    (a graph break); rnnkit.engines imports every family when it is imported (register_all)."""
     if name in _FAMILIES:
         return _FAMILIES[name]
     if name not in FAMILY_NAMES:
@@ -168,17 +168,13 @@ def operator(family_name: str, engine_name: str):
     return _OPS[key]
 
 
-def register(family_name: str) -> None:
-    """Import a family and register its operators on every engine. Layers call this when they are built:
-    importing and registering inside a torch.compile trace would break the graph."""
-    for engine_name in family(family_name).ENGINES:
-        operator(family_name, engine_name)
-
-
 def register_all() -> None:
-    """Register every family's operators (so that torch.ops.rnnkit.* exist before anything traces them)."""
+    """Import every family and register its operators on every engine. rnnkit.engines calls this when it is
+    imported: importing or registering first inside a torch.compile trace would break the graph, and a saved
+    torch.export program that calls these operators needs them to exist when it loads."""
     for name in FAMILY_NAMES:
-        register(name)
+        for engine_name in family(name).ENGINES:
+            operator(name, engine_name)
 
 
 def resolve(family_name: str, name: str, device_type: str, dtype: torch.dtype) -> str:

@@ -110,9 +110,6 @@ class RecurrentLayer(nn.Module):
             weight_drop=weight_drop))
         self.layer_norm, self.peephole, self.zoneout = layer_norm, peephole, zoneout
         self.recurrent_dropout, self.weight_drop = float(recurrent_dropout), float(weight_drop)
-        if mode in options.OPTIONS_FAMILY and (layer_norm or peephole or self.zoneout_h or self.recurrent_dropout):
-            from ..engines import variant_ops  # now, not first inside a torch.compile trace (a graph break)
-            variant_ops.register(options.OPTIONS_FAMILY[mode])
         self.mode, self.engine = mode, engine
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
@@ -213,11 +210,16 @@ class RecurrentLayer(nn.Module):
                 s += f", {key}={getattr(self, key)!r}"
         return s
 
+    def direction_weights(self, layer: int, direction: int) -> tuple:
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction, None where absent."""
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        return tuple(getattr(self, f"{k}{suffix}", None)
+                     for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+
     def layer_weights(self) -> list[list[tuple]]:
         """Per layer, per direction: (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent."""
-        kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-        return [[tuple(getattr(self, f"{k}_l{layer}{suffix}", None) for k in kinds)
-                 for suffix in ("", "_reverse")[: self.num_directions]] for layer in range(self.num_layers)]
+        return [[self.direction_weights(layer, d) for d in range(self.num_directions)]
+                for layer in range(self.num_layers)]
 
     def stream(self, batch_size: int | None = None, hx=None):
         """A `rnnkit.nn.stream.Stream` that advances this layer one step or one chunk at a time.

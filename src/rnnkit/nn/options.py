@@ -59,7 +59,7 @@ def family(layer) -> str | None:
     """lstm_plus or gru_plus when this call needs a cell torch.nn does not have; None for torch.nn's cell."""
     structural = layer.layer_norm or layer.peephole
     regularised = layer.training and (layer.zoneout_h > 0 or layer.zoneout_c > 0 or layer.recurrent_dropout > 0)
-    return OPTIONS_FAMILY[layer.mode] if structural or regularised else None
+    return OPTIONS_FAMILY.get(layer.mode) if structural or regularised else None
 
 
 def parameter_shapes(layer) -> dict[str, tuple[int, ...]]:
@@ -87,7 +87,7 @@ def dropped(layer, w_hh: Tensor) -> Tensor:
 def recurrence(layer, index: int, direction: int, x: Tensor, rows):
     """(config, xp, params, masks) of rnnkit.engines.lstm_plus / gru_plus for one layer and direction."""
     suffix = f"_l{index}" + ("_reverse" if direction else "")
-    w_ih, w_hh, b_ih, b_hh, _ = layer.layer_weights()[index][direction]
+    w_ih, w_hh, b_ih, b_hh, _ = layer.direction_weights(index, direction)
     ln = {k: getattr(layer, f"ln_{k}{suffix}", None) for k in ("ih_weight", "ih_bias", "hh_weight", "hh_bias",
                                                                  "cell_weight", "cell_bias")}
     words = ["bias"] if b_hh is not None else []

@@ -106,7 +106,6 @@ class VariantLayer(RecurrentLayer):
                  dtype=None, *, engine: str = "auto") -> None:
         super().__init__(type(self).__name__.upper(), input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine)
-        variant_ops.register(self.family)
 
     def active_family(self) -> str:
         return self.family
