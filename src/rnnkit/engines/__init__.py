@@ -60,10 +60,18 @@ def select(name: str, x: Tensor):
     """The run_layer function of engine `name` for input x; "auto" picks the best engine that applies."""
     check_name(name)
     wanted = auto_choice() if name == "auto" else name
-    chosen = resolve(wanted, x.device.type, x.dtype)
+    if wanted == "auto" and x.device.type == "cpu" and not torch.compiler.is_compiling():
+        chosen = _auto_on_cpu.get(x.dtype) or _auto_on_cpu.setdefault(x.dtype, resolve("auto", "cpu", x.dtype))
+    else:
+        chosen = resolve(wanted, x.device.type, x.dtype)
     if wanted == "auto" and chosen == "cpu":  # per call: the CPU engine or torch's fused kernel (tune.py)
         return tune.run_layer
     return ENGINES[chosen].run_layer
+
+
+# "auto" for CPU tensors of a dtype: cpu, or reference without Numba; neither changes within a process, and
+# every layer call asks (eager calls only: traced code calls resolve, a constant of the trace)
+_auto_on_cpu: dict[torch.dtype, str] = {}
 
 
 def resolve(name: str, device_type: str, dtype: torch.dtype) -> str:

@@ -82,56 +82,45 @@ def zero_grads(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_dx: bool):
     return tuple(x.new_empty(0) if t is None else torch.zeros_like(t) for t in like)
 
 
-def define(name: str):
-    """Register engine `name`'s forward and backward operators; returns the forward operator."""
-    engine = ENGINE_MODULES[name]
+def run_forward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """The forward operator's body: out, h_n, c_n, saved0, saved1, saved2 (empties where absent)."""
+    if x.shape[0] == 0:  # an empty batch: nothing to run (MKL would complain about the empty products)
+        return empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr)
+    with no_autocast(x):
+        out, h_n, c_n, saved = engine.forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                              w_hr, reverse)
+    saved = tuple(saved) + tuple(x.new_empty(0) for _ in range(SAVED - len(saved)))
+    return out, h_n, absent(c_n, x), *saved
 
-    @torch.library.custom_op(f"rnnkit::{name}_forward", mutates_args=())
-    def forward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
-                w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
-                reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        if x.shape[0] == 0:  # an empty batch: nothing to run (MKL would complain about the empty products)
-            return empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr)
-        with no_autocast(x):
-            out, h_n, c_n, saved = engine.forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                                  w_hr, reverse)
-        saved = tuple(saved) + tuple(x.new_empty(0) for _ in range(SAVED - len(saved)))
-        return out, h_n, absent(c_n, x), *saved
 
-    forward.register_fake(lambda mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse:
-                          empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr, fake=True))
-
-    @torch.library.custom_op(f"rnnkit::{name}_backward", mutates_args=())
-    def backward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
-                 w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
-                 reverse: bool, out: Tensor, saved0: Tensor, saved1: Tensor, saved2: Tensor, d_out: Tensor,
-                 d_h_n: Tensor, d_c_n: Optional[Tensor], need_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor,
-                                                                                Tensor, Tensor, Tensor, Tensor]:
-        if x.shape[0] == 0:
-            return zero_grads(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_dx)
-        saved = (saved0, saved1, saved2)[:len(engine.saved_shapes(mode, 0, 0, x.dtype, w_hr is not None))]
-        with no_autocast(x):
-            grads = engine.backward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                    reverse, out, saved, d_out, d_h_n, d_c_n, need_dx)
-        return tuple(absent(g, x) for g in grads)
-
-    @backward.register_fake
-    def _(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved0, saved1, saved2, d_out,
-          d_h_n, d_c_n, need_dx):
+def run_backward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved0, saved1,
+                 saved2, d_out, d_h_n, d_c_n, need_dx):
+    """The backward operator's body: dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr (empties where absent)."""
+    if x.shape[0] == 0:
         return zero_grads(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_dx)
+    saved = (saved0, saved1, saved2)[:len(engine.saved_shapes(mode, 0, 0, x.dtype, w_hr is not None))]
+    with no_autocast(x):
+        grads = engine.backward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                reverse, out, saved, d_out, d_h_n, d_c_n, need_dx)
+    return tuple(absent(g, x) for g in grads)
 
-    def setup_context(ctx, inputs, output):
-        mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
-        out, _, _, *saved = output
-        ctx.mode, ctx.reverse, ctx.batch_sizes = mode, reverse, batch_sizes  # an int64 CPU tensor or None
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, *saved)
-        # The saved tensors are outputs only so that the backward operator can take them: no gradient flows
-        # into them, and none is made up. Without these two lines autograd fills a zero gradient the size of
-        # each (an LSTM's gates: 5 N H floats) on every backward, and for h_n, c_n when only out has one.
-        ctx.mark_non_differentiable(*saved)
-        ctx.set_materialize_grads(False)
 
-    def grad_formula(ctx, d_out, d_h_n, d_c_n, *_):
+def setup_context(ctx, inputs, output):
+    mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    out, _, _, *saved = output
+    ctx.mode, ctx.reverse, ctx.batch_sizes = mode, reverse, batch_sizes  # an int64 CPU tensor or None
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, *saved)
+    # The saved tensors are outputs only so that the backward operator can take them: no gradient flows
+    # into them, and none is made up. Without these two lines autograd fills a zero gradient the size of
+    # each (an LSTM's gates: 5 N H floats) on every backward, and for h_n, c_n when only out has one.
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)
+
+
+def grad_formula(backward):
+    """The autograd formula of a forward whose backward operator (or body) is `backward`."""
+
+    def formula(ctx, d_out, d_h_n, d_c_n, *_):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, *saved = ctx.saved_tensors
         d_out = torch.zeros_like(out) if d_out is None else d_out
         d_h_n = torch.zeros_like(h0) if d_h_n is None else d_h_n
@@ -149,8 +138,71 @@ def define(name: str):
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
         return None, dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 
-    forward.register_autograd(grad_formula, setup_context=setup_context)
+    return formula
+
+
+def define(name: str):
+    """Register engine `name`'s forward and backward operators; returns the forward operator."""
+    engine = ENGINE_MODULES[name]
+
+    @torch.library.custom_op(f"rnnkit::{name}_forward", mutates_args=())
+    def forward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
+                w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return run_forward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+    forward.register_fake(lambda mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse:
+                          empty_outputs(engine, mode, x, h0, c0, w_hh, w_hr, fake=True))
+
+    @torch.library.custom_op(f"rnnkit::{name}_backward", mutates_args=())
+    def backward(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
+                 w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                 reverse: bool, out: Tensor, saved0: Tensor, saved1: Tensor, saved2: Tensor, d_out: Tensor,
+                 d_h_n: Tensor, d_c_n: Optional[Tensor], need_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor,
+                                                                                Tensor, Tensor, Tensor, Tensor]:
+        return run_backward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved0,
+                            saved1, saved2, d_out, d_h_n, d_c_n, need_dx)
+
+    @backward.register_fake
+    def _(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved0, saved1, saved2, d_out,
+          d_h_n, d_c_n, need_dx):
+        return zero_grads(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_dx)
+
+    forward.register_autograd(grad_formula(backward), setup_context=setup_context)
     return forward
+
+
+def eager_function(name: str) -> type[torch.autograd.Function]:
+    """Engine `name`'s operator as a plain autograd.Function: the same bodies, saved tensors and formula, without
+    the operator's Python dispatch (about 40 us a call). For eager calls only (`eager`); traced code sees the
+    operator."""
+    engine = ENGINE_MODULES[name]
+
+    def backward_body(*args):
+        return run_backward(engine, *args)
+
+    class Layer(torch.autograd.Function):
+        @staticmethod
+        def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+            return run_forward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+        setup_context = staticmethod(setup_context)
+        backward = staticmethod(grad_formula(backward_body))
+
+    Layer.__name__ = Layer.__qualname__ = f"{name.capitalize()}Layer"
+    return Layer
+
+
+def eager(tensors: tuple) -> bool:
+    """True when nothing could want to see the operator: no compile, export, trace or ONNX export, no torch function
+    or dispatch mode (FakeTensorMode, FlopCounterMode, a user's mode), plain CPU or CUDA tensors only."""
+    if (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch._C._len_torch_dispatch_stack() or torch.overrides.has_torch_function(tensors)):
+        return False
+    return all(type(t) in PLAIN for t in tensors) and tensors[0].device.type in ("cpu", "cuda")
+
+
+PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def differentiable_grads(ctx, inputs: tuple, batch_sizes: tuple[int, ...], d_out, d_h_n, d_c_n) -> list:
@@ -172,6 +224,7 @@ def differentiable_grads(ctx, inputs: tuple, batch_sizes: tuple[int, ...], d_out
 
 
 OPS = {name: define(name) for name in ENGINE_MODULES}
+EAGER = {name: eager_function(name) for name in ENGINE_MODULES}
 onnx.install()  # torch.onnx.export translates these operators once it loads its registry
 
 
@@ -188,8 +241,15 @@ def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Te
     if torch._C._are_functorch_transforms_active():  # grad, vmap, jacrev...: plain ops, which torch.func handles
         return reference.autograd_forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                           reverse)
-    if w_hr is not None and batch_sizes is None and torch.onnx.is_in_onnx_export():  # no ONNX LSTM has a projection
-        return reference.scan_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    out, h_n, c_n, *_ = OPS[engine](mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    args = (mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    tensors = tuple(t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None)
+    if not eager(tensors) or torch.onnx.is_in_onnx_export():
+        if w_hr is not None and batch_sizes is None and torch.onnx.is_in_onnx_export():  # no ONNX LSTM has a projection
+            return reference.scan_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+        out, h_n, c_n, *_ = OPS[engine](*args)
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        out, h_n, c_n, *_ = EAGER[engine].apply(*args)
+    else:  # nothing to differentiate: the body alone
+        out, h_n, c_n, *_ = run_forward(ENGINE_MODULES[engine], *args)
     return out, h_n, c_n if c0 is not None else None
 

@@ -85,7 +85,22 @@ def machine_key() -> dict:
     except ImportError:
         numba_version = None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "numba": numba_version,
-            "rnnkit": rnnkit.__version__}
+            "rnnkit": rnnkit.__version__, "engines": engine_source_digest()}
+
+
+# The files whose code the timings measure: a changed kernel (an edited checkout, an upgrade without a version
+# bump) times again instead of trusting choices made for other code
+TIMED_SOURCES = ("cpu.py", "cpu_kernels.py", "blas.py", "aten.py", "ops.py", "tune.py")
+
+
+def engine_source_digest() -> str:
+    digest = hashlib.sha256()
+    for name in TIMED_SOURCES:
+        try:
+            digest.update((Path(__file__).parent / name).read_bytes())
+        except OSError:  # a frozen or zipped install: the versions alone key the cache
+            digest.update(name.encode())
+    return digest.hexdigest()[:16]
 
 
 def cache_path() -> Path:

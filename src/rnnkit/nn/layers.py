@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import partial
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 import torch
@@ -92,6 +92,13 @@ def autocast_dtype(mode: str, device_type: str, input) -> torch.dtype | None:
     if device_type == "cpu" and mode == "GRU" and data.dtype != low:
         return None
     return low
+
+
+@lru_cache(maxsize=None)
+def weight_names(layer: int, direction: int) -> tuple[str, ...]:
+    """torch.nn's parameter names of one layer and direction: w_ih, w_hh, b_ih, b_hh, w_hr."""
+    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+    return tuple(f"{k}{suffix}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
 
 
 class RecurrentLayer(nn.Module):
@@ -212,9 +219,7 @@ class RecurrentLayer(nn.Module):
 
     def direction_weights(self, layer: int, direction: int) -> tuple:
         """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction, None where absent."""
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        return tuple(getattr(self, f"{k}{suffix}", None)
-                     for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+        return tuple(getattr(self, name, None) for name in weight_names(layer, direction))
 
     def layer_weights(self) -> list[list[tuple]]:
         """Per layer, per direction: (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent."""
