@@ -219,7 +219,9 @@ class RecurrentLayer(nn.Module):
 
     def direction_weights(self, layer: int, direction: int) -> tuple:
         """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction, None where absent."""
-        return tuple(getattr(self, name, None) for name in weight_names(layer, direction))
+        params = self._parameters  # the fast lookup; a parametrized or deleted weight is not in it: getattr finds it
+        return tuple(params.get(name) if name in params else getattr(self, name, None)
+                     for name in weight_names(layer, direction))
 
     def layer_weights(self) -> list[list[tuple]]:
         """Per layer, per direction: (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent."""
@@ -319,8 +321,11 @@ class RecurrentLayer(nn.Module):
             rows = Rows(packed.data, packed.batch_sizes, int(packed.batch_sizes[0]), packed)
         else:
             rows = Rows(x.reshape(-1, x.shape[-1]), None, x.shape[1], None)  # (T*B, I)
-        checks.input_matches_weights(name, rows.data, self.weight_ih_l0, self.input_size)
-        return rows._replace(data=rows.data.to(self.weight_ih_l0.dtype)), form  # a cast only under autocast
+        weight = self.weight_ih_l0
+        checks.input_matches_weights(name, rows.data, weight, self.input_size)
+        if rows.data.dtype != weight.dtype:  # only under autocast
+            rows = rows._replace(data=rows.data.to(weight.dtype))
+        return rows, form
 
     def from_rows(self, out: Tensor, states: list[Tensor], rows: Rows, form: InputForm):
         """Give the output back in the form the input came in; final states (each (L*D, B, .)) in the caller's
