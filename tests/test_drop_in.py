@@ -183,3 +183,28 @@ def test_use_sets_what_auto_means_in_a_block(monkeypatch):
     # auto on CPU runs the CPU engine or torch's fused LSTM, whichever timing here found faster (engines/tune.py)
     auto = {"cpu", "aten"}
     assert len(calls) == 4 and calls[0] in auto and calls[1:3] == ["reference", "cpu"] and calls[3] in auto
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_weight_norm_parametrization_equals_torch(name):
+    """torch.nn.utils.parametrizations on a recurrent weight (weight norm, AWD-LSTM-style wrappers): the weight is
+    then a property recomputed per access, so the layer must read it anew on every call."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    ours, theirs = getattr(rnnkit, name)(3, 4), getattr(torch.nn, name)(3, 4)
+    theirs.load_state_dict(ours.state_dict())
+    ours, theirs = weight_norm(ours, "weight_hh_l0"), weight_norm(theirs, "weight_hh_l0")
+    x = torch.randn(5, 2, 3)
+    for step in range(2):  # the second call after an update of the parametrization's parameters
+        outs = [m(x)[0] for m in (ours, theirs)]
+        assert_close(outs[0], outs[1], kind="output")
+        g = torch.randn_like(outs[0])
+        for m, o in zip((ours, theirs), outs, strict=True):
+            m.zero_grad()
+            o.backward(g)
+        grads = [m.parametrizations.weight_hh_l0.original1.grad for m in (ours, theirs)]
+        assert_close(grads[0], grads[1], kind="grad")
+        with torch.no_grad():
+            for m in (ours, theirs):
+                m.parametrizations.weight_hh_l0.original1.add_(0.1)
