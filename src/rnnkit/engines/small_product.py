@@ -1,0 +1,192 @@
+"""C[:m] = A[:m] B (or +=) for a few rows m, callable from Numba-compiled loops: a step's recurrent product.
+
+Why not BLAS: for B = 1..16 rows and H = 64..512, MKL's sgemm_ spends most of its time on call
+overhead and packing (measured on an AMD Zen 4: 36 GF/s at 8x64 by 64x256, where the machine does
+~100 GF/s on large products). Why not plain Numba loops: Numba runs LLVM without the SLP vectorizer,
+so straight-line code with many scalar accumulators stays scalar, and the loop vectorizer either
+vectorizes over k (one horizontal sum per output, which dominates when k is short) or keeps the
+accumulators in memory. So the register tile is written here directly in LLVM IR: `rows` rows by
+`nvec` 64-byte vectors of columns, accumulated over k in vector registers, one broadcast of A and
+one load of B per vector of columns per k. The IR is target-independent (on AVX2 LLVM splits each
+64-byte vector into two 32-byte registers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+VECTOR_BYTES = 64
+# The tile: rows x (nvec vectors) accumulators must fit the 32 vector registers of AVX-512 with room for
+# the B vectors and a broadcast (4 x 4 = 16 accumulators). Chosen by measurement on a Zen 4 (4 x 2 and
+# 6 x 2 were within a few percent; 4 x 4 was best at 8..16 rows).
+MAX_ROWS = 4
+MAX_NVEC = 4
+
+
+def lanes(dtype) -> int:
+    return VECTOR_BYTES // dtype.bitwidth * 8
+
+
+def _vector_ptr(builder, base, index, vt):
+    return builder.bitcast(builder.gep(base, [index]), vt.as_pointer())
+
+
+def _const(value):
+    return ir.Constant(ir.IntType(64), value)
+
+
+def _emit_tile(builder, vt, a0, lda, b0, ldb, c0, ldc, k, accumulate, n_rows, n_vec):
+    """Emit the loop over k for one rows x n_vec tile at the builder's position; ends positioned after it."""
+    item = 4 if vt.element == ir.FloatType() else 8  # unaligned vector access: element alignment only
+    c_ptrs = [[_vector_ptr(builder, c0, builder.add(builder.mul(_const(r), ldc), _const(v * vt.count)), vt)
+               for v in range(n_vec)] for r in range(n_rows)]
+    zero = ir.Constant(vt, None)
+    # += starts the accumulators from c: a select, so no branch (c is read either way, and is in bounds)
+    init = [[builder.select(accumulate, builder.load(p, align=item), zero) for p in row] for row in c_ptrs]
+    pre = builder.block
+    loop = builder.append_basic_block("tile.loop")
+    done = builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed(">", k, _const(0)), loop, done)
+
+    builder.position_at_end(loop)
+    kk = builder.phi(ir.IntType(64))
+    accs = [[builder.phi(vt) for _ in range(n_vec)] for _ in range(n_rows)]
+    b_row = builder.mul(kk, ldb)
+    bv = [builder.load(_vector_ptr(builder, b0, builder.add(b_row, _const(v * vt.count)), vt), align=item)
+          for v in range(n_vec)]
+    name = f"llvm.fma.v{vt.count}f{32 if vt.element == ir.FloatType() else 64}"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), name)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), vt.count), None)
+    new = []
+    for r in range(n_rows):
+        x = builder.load(builder.gep(a0, [builder.add(builder.mul(_const(r), lda), kk)]))
+        xs = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, ir.Undefined), x, _const(0)),
+                                    ir.Constant(vt, ir.Undefined), splat)
+        new.append([builder.call(fma, [xs, bv[v], accs[r][v]]) for v in range(n_vec)])
+    k_next = builder.add(kk, _const(1))
+    builder.cbranch(builder.icmp_signed("<", k_next, k), loop, done)
+    kk.add_incoming(_const(0), pre)
+    kk.add_incoming(k_next, loop)
+    for r in range(n_rows):
+        for v in range(n_vec):
+            accs[r][v].add_incoming(init[r][v], pre)
+            accs[r][v].add_incoming(new[r][v], loop)
+
+    builder.position_at_end(done)
+    totals = []
+    for r in range(n_rows):
+        for v in range(n_vec):
+            total = builder.phi(vt)
+            total.add_incoming(init[r][v], pre)
+            total.add_incoming(new[r][v], loop)
+            totals.append((total, c_ptrs[r][v]))
+    for total, p in totals:
+        builder.store(total, p, align=item)
+
+
+@intrinsic
+def tile(typingctx, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k, rows, accumulate, nvec):
+    """c[c_off + r*ldc + j] (=, or += when accumulate) sum_k a[a_off + r*lda + k] b[b_off + k*ldb + j] for
+    r < rows (1..MAX_ROWS), j < nvec * lanes: arrays by element offset and leading dimension; the caller
+    checks bounds. nvec must be a compile-time constant."""
+    if not isinstance(nvec, types.IntegerLiteral):
+        return None
+    sig = types.void(a, a_off, lda, b, b_off, ldb, c, c_off, ldc, k, rows, accumulate, nvec)
+    n_vec = nvec.literal_value
+
+    def codegen(context, builder, signature, args):
+        sa = signature.args
+        dtype = sa[0].dtype
+        vt = ir.VectorType(context.get_value_type(dtype), lanes(dtype))
+        ints = [context.cast(builder, args[i], sa[i], types.int64) for i in range(len(args)) if i not in (0, 3, 6, 11)]
+        a_off_, lda_, b_off_, ldb_, c_off_, ldc_, k_, rows_, _ = ints
+        a0, b0, c0 = (builder.gep(context.make_array(sa[i])(context, builder, args[i]).data, [off])
+                      for i, off in ((0, a_off_), (3, b_off_), (6, c_off_)))
+        acc = context.cast(builder, args[11], sa[11], types.boolean)
+        end = builder.append_basic_block("tile.end")
+        switch = builder.switch(rows_, end)
+        for n_rows in range(1, MAX_ROWS + 1):
+            block = builder.append_basic_block(f"tile.rows{n_rows}")
+            switch.add_case(_const(n_rows), block)
+            builder.position_at_end(block)
+            _emit_tile(builder, vt, a0, lda_, b0, ldb_, c0, ldc_, k_, acc, n_rows, n_vec)
+            builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def product(a, b, c, m, accumulate):
+    """c[:m] = a[:m] @ b, or += it: a (>= m, K), b (K, N), c (>= m, N), each with unit column stride
+    (row strides are free: a may be a column slice)."""
+    k, n = b.shape
+    item = c.itemsize
+    lda, ldb, ldc = a.strides[0] // item, b.strides[0] // item, c.strides[0] // item
+    width = VECTOR_BYTES // item
+    j = 0
+    # columns outer: one panel of b (k x tile width) serves every block of rows while in cache
+    while j + MAX_NVEC * width <= n:
+        for r in range(0, m, MAX_ROWS):
+            tile(a, r * lda, lda, b, j, ldb, c, r * ldc + j, ldc, k, min(MAX_ROWS, m - r), accumulate, MAX_NVEC)
+        j += MAX_NVEC * width
+    while j + width <= n:
+        for r in range(0, m, MAX_ROWS):
+            tile(a, r * lda, lda, b, j, ldb, c, r * ldc + j, ldc, k, min(MAX_ROWS, m - r), accumulate, 1)
+        j += width
+    for r in range(m):
+        for col in range(j, n):
+            total = c[r, col] if accumulate else c.dtype.type(0)
+            for i in range(k):
+                total += a[r, i] * b[i, col]
+            c[r, col] = total
+
+
+def panel_width(dtype) -> int:
+    """Columns of one packed panel: one tile's width."""
+    return MAX_NVEC * VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def pack(w: np.ndarray) -> np.ndarray:
+    """W (G, P) as panels of W^T, (ceil(G / width), P, width), zero beyond G. Each tile then reads its
+    columns of W^T as one contiguous stream, which one-row steps need (measured 1x128 by 128x512: 2.4 us
+    packed, 4.3 us from a plain W^T, whose rows a tile reads 256 bytes of at a time)."""
+    g, p = w.shape
+    width = panel_width(w.dtype)
+    panels = -(-g // width)
+    padded = np.zeros((panels * width, p), dtype=w.dtype)
+    padded[:g] = w
+    return np.ascontiguousarray(padded.reshape(panels, width, p).transpose(0, 2, 1))
+
+
+@njit(inline="always")
+def packed_product(a, panels, c, m, n):
+    """c[:m, :n] = a[:m] W^T for panels = pack(W) of a W with n rows; a and c have unit column stride."""
+    count, k, width = panels.shape
+    lda, ldc = a.strides[0] // a.itemsize, c.strides[0] // c.itemsize
+    full = n // width
+    for p in range(full):
+        for r in range(0, m, MAX_ROWS):
+            tile(a, r * lda, lda, panels, p * k * width, width, c, r * ldc + p * width, ldc, k, min(MAX_ROWS, m - r),
+                 False, MAX_NVEC)
+    if full < count:
+        partial_panel(a, panels, c, m, n, full)
+
+
+@njit(cache=True, nogil=True)
+def partial_panel(a, panels, c, m, n, p):
+    """packed_product's last panel when it is only partly inside c: formed whole in scratch, copied in part."""
+    _, k, width = panels.shape
+    lda = a.strides[0] // a.itemsize
+    scratch = np.empty((MAX_ROWS, width), dtype=c.dtype)
+    for r in range(0, m, MAX_ROWS):
+        rows = min(MAX_ROWS, m - r)
+        tile(a, r * lda, lda, panels, p * k * width, width, scratch, 0, width, k, rows, False, MAX_NVEC)
+        for i in range(rows):
+            for j in range(n - p * width):
+                c[r + i, p * width + j] = scratch[i, j]
