@@ -13,22 +13,34 @@ one load of B per vector of columns per k. The IR is target-independent (on AVX2
 
 from __future__ import annotations
 
+import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-VECTOR_BYTES = 64
-# The tile: rows x (nvec vectors) accumulators must fit the 32 vector registers of AVX-512 with room for
-# the B vectors and a broadcast (4 x 4 = 16 accumulators). Chosen by measurement on a Zen 4 (4 x 2 and
-# 6 x 2 were within a few percent; 4 x 4 was best at 8..16 rows).
+
+
+def _targets_avx512() -> bool:
+    """Whether Numba compiles for a CPU with AVX-512 (NUMBA_CPU_FEATURES, else this host)."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else ll.get_host_cpu_features().flatten()
+    return "+avx512f" in features
+
+
+# The tile: MAX_ROWS x (MAX_NVEC vectors) accumulators must leave room in the vector registers for the
+# B vectors and a broadcast: 4 x 4 of AVX-512's 32 registers, 4 x 2 of AVX2's 16. Measured on a Zen 4,
+# one thread, float32, 4..16 rows by 64x256..128x512: 4 x 4 x 64 bytes runs 110-116 GF/s (the same
+# compiled for skylake-avx512 or icelake-server); compiled for Haswell (AVX2), 4 x 4 x 64 bytes spills
+# (33 GF/s) where 4 x 2 x 32 bytes runs 81-91 GF/s.
+AVX512 = _targets_avx512()
+VECTOR_BYTES = 64 if AVX512 else 32
 MAX_ROWS = 4
-MAX_NVEC = 4
+MAX_NVEC = 4 if AVX512 else 2
 
 
 def lanes(dtype) -> int:
-    return VECTOR_BYTES // dtype.bitwidth * 8
+    return VECTOR_BYTES * 8 // dtype.bitwidth
 
 
 def _vector_ptr(builder, base, index, vt):
