@@ -144,17 +144,18 @@ def empty(like: Tensor, *shape: int) -> Tensor:
 
 
 # The forward's tiles read W_hh as packed panels of W_hh^T (cpu_kernels.product_from_state): a copy
-# per layer call (~20 us for a 512x128 W), repaid after a few steps at ~4 us saved per step over sgemm_.
-# Fewer steps than this (an LSTMCell-style call) keep BLAS and skip the copy.
-MIN_PACKED_STEPS = 16
+# per layer call, repaid by what the tiles save over sgemm_ per step (measured on a Zen 4, one thread,
+# LSTM forward kernel: after 16-21 steps at B=1 for H=64..512, e.g. 39 us to pack a 512x128 W against
+# 2 us saved per step; after 6-7 steps at B=2..4). Calls with fewer such steps keep BLAS and skip the copy.
+MIN_PACKED_STEPS = 20
 
 
 def packed_for_steps(w: Tensor, batch_sizes) -> np.ndarray:
     """small_product.pack(w) when enough steps run their product in tiles to repay the copy; else (0, 0, 0)."""
     from .cpu_kernels import TILE_MAX_MACS
     from .small_product import pack
-    macs = w.shape[0] * w.shape[1]
-    if sum(1 for b in batch_sizes if b * macs <= TILE_MAX_MACS) >= MIN_PACKED_STEPS:
+    sizes, _ = plan(tuple(batch_sizes))
+    if np.count_nonzero(sizes * (w.shape[0] * w.shape[1]) <= TILE_MAX_MACS) >= MIN_PACKED_STEPS:
         return pack(arr(w))
     return np.zeros((0, 0, 0), dtype=np_dtype(w))
 
