@@ -149,7 +149,8 @@ def product_to_prev(fn, d, w, dh, bs, accumulate):
 
 @njit(**KERNEL)
 def rnn_forward(fn, relu, xp, w_hh, w_hh_packed, b_hh, h, batch_sizes, offsets, reverse, out, hp, k0, k1, own_product):
-    """out (N, H); h (B, H) initial -> final; hp (B, H) scratch; w_hh_packed = small_product.pack(W_hh), or (0, 0, 0)."""
+    """out (N, H); h (B, H) initial -> final; hp (B, H) scratch; w_hh_packed = small_product.pack(W_hh), or
+    (0, 0, 0)."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
     zero = xp.dtype.type(0)
     for k in range(k0, k1):

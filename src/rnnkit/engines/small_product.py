@@ -2,13 +2,13 @@
 
 Why not BLAS: for B = 1..16 rows and H = 64..512, MKL's sgemm_ spends much of its time on call
 overhead and packing (measured on an AMD Zen 4, one thread, called from a compiled loop, G = 4H:
-24-29 GF/s at 2 rows, 37-53 at 4, 55-70 at 8, where these tiles run 87-116 GF/s). Why not plain Numba loops: Numba runs LLVM without the SLP vectorizer,
-so straight-line code with many scalar accumulators stays scalar, and the loop vectorizer either
-vectorizes over k (one horizontal sum per output, which dominates when k is short) or keeps the
-accumulators in memory. So the register tile is written here directly in LLVM IR: `rows` rows by
-`nvec` vectors of columns, accumulated over k in vector registers, one broadcast of A and one load
-of B per vector of columns per k. The IR names no instruction set; only the vector width and tile
-shape follow the target (below).
+24-29 GF/s at 2 rows, 37-53 at 4, 55-70 at 8, where these tiles run 87-116 GF/s). Why not plain
+Numba loops: Numba runs LLVM without the SLP vectorizer, so straight-line code with many scalar
+accumulators stays scalar, and the loop vectorizer either vectorizes over k (one horizontal sum per
+output, which dominates when k is short) or keeps the accumulators in memory. So the register tile
+is written here directly in LLVM IR: `rows` rows by `nvec` vectors of columns, accumulated over k in
+vector registers, one broadcast of A and one load of B per vector of columns per k. The IR names no
+instruction set; only the vector width and tile shape follow the target (below).
 """
 
 from __future__ import annotations
