@@ -11,7 +11,7 @@ import pytest
 import torch
 from numba import njit
 
-from rnnkit.engines import cpu, cpu_kernels, reference
+from rnnkit.engines import cpu, cpu_kernels, reference, small_product
 from rnnkit.testing import assert_close
 
 
@@ -47,7 +47,7 @@ def layer_inputs(family, batch_sizes, inp, hidden, dtype):
     return x, h0, c0, w
 
 
-@pytest.mark.parametrize("strategy", ["in_loop", "one_row_product", "stepwise"])
+@pytest.mark.parametrize("strategy", ["in_loop", "packed_tiles", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -55,11 +55,11 @@ def layer_inputs(family, batch_sizes, inp, hidden, dtype):
 @pytest.mark.parametrize("packing", PACKINGS)
 @pytest.mark.parametrize("family", MODES)
 def test_cpu_engine_matches_reference(family, packing, size, reverse, bias, dtype, strategy, monkeypatch):
-    """Every strategy: the recurrent product inside the compiled loop (BLAS, or the row product that
-    one-row steps take when there are many), or one step at a time from Python (which large float32
-    steps take). Thresholds are lowered to force each at these small sizes."""
-    if strategy == "one_row_product":
-        monkeypatch.setattr(cpu, "MIN_ONE_ROW_STEPS", 1)
+    """Every strategy: the recurrent product inside the compiled loop (the forward's through BLAS, or
+    through register tiles over packed weights when enough steps repay packing), or one step at a time
+    from Python (which large float32 steps take). Thresholds are lowered to force each at these small sizes."""
+    if strategy == "packed_tiles":
+        monkeypatch.setattr(cpu, "MIN_PACKED_STEPS", 1)
     if strategy == "stepwise":
         if dtype != torch.float32 or cpu._onednn_linear() is None:
             pytest.skip("the stepwise strategy is for float32 with oneDNN")
@@ -126,3 +126,82 @@ def test_cpu_engine_refuses_what_it_cannot_run():
     assert cpu.why_not(torch.zeros(2, dtype=torch.bfloat16)) is None  # through its float32 kernels (autocast)
     assert "float32, float64 and bfloat16" in cpu.why_not(torch.zeros(2, dtype=torch.float16))
     assert "meta" in cpu.why_not(torch.zeros(2, device="meta"))
+
+
+# ---------------------------------------------------------------- the step products on their own
+
+
+@njit
+def _from_state(fn, h, w, w_packed, hp, bs):
+    cpu_kernels.product_from_state(fn, h, w, w_packed, hp, bs)
+
+
+@njit
+def _to_prev(fn, d, w, dh, bs, accumulate):
+    cpu_kernels.product_to_prev(fn, d, w, dh, bs, accumulate)
+
+
+def _operands(dtype, *shapes):
+    gen = np.random.default_rng(sum(sum(s) for s in shapes))
+    return [gen.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def _check_rows(got, expected, bs, untouched):
+    """The first bs rows hold the product; the rows beyond bs keep what they held (NaN)."""
+    assert_close(torch.from_numpy(got[:bs]), torch.from_numpy(expected.astype(got.dtype)), "output", "product")
+    assert np.isnan(got[bs:]).all() == untouched
+
+
+PRODUCT_ROWS = [1, 3, 5, 8, 13]
+PRODUCT_SIZES = [5, 64, 100, 130]  # 100: tiles one vector wide cover part of the columns
+PRODUCT_GATES = [(1, 0), (3, 0), (4, 0), (1, 3)]  # G = gates * P + extra: some G not a multiple of a tile
+DTYPES = {"f32": np.float32, "f64": np.float64}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gates", PRODUCT_GATES, ids=lambda g: f"G{g[0]}P+{g[1]}")
+@pytest.mark.parametrize("p", PRODUCT_SIZES)
+@pytest.mark.parametrize("bs", PRODUCT_ROWS)
+@pytest.mark.parametrize("packed", [True, False], ids=["tiles", "blas"])
+def test_product_from_state(bs, p, gates, dtype, packed):
+    """hp[:bs] = h[:bs] W^T through packed tiles or BLAS; h has more rows than run (a packed batch's step)."""
+    dtype = DTYPES[dtype]
+    g = gates[0] * p + gates[1]
+    h, w = _operands(dtype, (bs + 2, p), (g, p))
+    w_packed = small_product.pack(w) if packed else np.zeros((0, 0, 0), dtype)
+    hp = np.full((bs + 2, g), np.nan, dtype)
+    _from_state(cpu.gemm_fn(torch.from_numpy(h).dtype), h, w, w_packed, hp, bs)
+    _check_rows(hp, h[:bs].astype(np.float64) @ w.T.astype(np.float64), bs, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("accumulate", [False, True], ids=["set", "add"])
+@pytest.mark.parametrize("gates", PRODUCT_GATES, ids=lambda g: f"G{g[0]}P+{g[1]}")
+@pytest.mark.parametrize("p", PRODUCT_SIZES)
+@pytest.mark.parametrize("bs", PRODUCT_ROWS)
+def test_product_to_prev(bs, p, gates, accumulate, dtype):
+    """dh[:bs] (+)= d[:bs] W, d a column slice of wider rows (as GRU's dxp[:, :2H])."""
+    dtype = DTYPES[dtype]
+    k = gates[0] * p + gates[1]
+    d_wide, w, dh0 = _operands(dtype, (bs + 2, k + 7), (k, p), (bs, p))
+    d = d_wide[:, :k]
+    dh = np.full((bs + 2, p), np.nan, dtype)
+    dh[:bs] = dh0 if accumulate else np.nan
+    _to_prev(cpu.gemm_fn(torch.from_numpy(d_wide).dtype), d, w, dh, bs, accumulate)
+    expected = d[:bs].astype(np.float64) @ w.astype(np.float64) + (dh0 if accumulate else 0)
+    _check_rows(dh, expected, bs, True)
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["set", "add"])
+def test_products_above_the_tile_limit_use_blas(accumulate):
+    """Steps above TILE_MAX_MACS go to BLAS (float64 here, so that oneDNN's stepwise route is not the one taken)."""
+    bs, k = 17, 1000
+    p = cpu_kernels.TILE_MAX_MACS // (bs * k) + 1
+    d, w, h = _operands(np.float64, (bs, k), (k, p), (bs, p))
+    fn = cpu.gemm_fn(torch.float64)
+    dh = h.copy()
+    _to_prev(fn, d, w, dh, bs, accumulate)
+    assert_close(torch.from_numpy(dh), torch.from_numpy(d @ w + (h if accumulate else 0)), "output", "to_prev")
+    hp = np.full((bs, k), np.nan)
+    _from_state(fn, h, w, small_product.pack(w), hp, bs)
+    assert_close(torch.from_numpy(hp), torch.from_numpy(h @ w.T), "output", "from_state")

@@ -143,16 +143,21 @@ def empty(like: Tensor, *shape: int) -> Tensor:
     return like.new_empty(shape)
 
 
-# One-row steps use cpu_kernels.row_product, which needs W_hh^T: a copy of the weights that costs
-# about as much as 20 one-row steps save (measured: +31 us on a single LSTMCell call, H=128)
-MIN_ONE_ROW_STEPS = 32
+# The forward's tiles read W_hh as packed panels of W_hh^T (cpu_kernels.product_from_state): a copy
+# per layer call, repaid by what the tiles save over sgemm_ per step (measured on a Zen 4, one thread,
+# LSTM forward kernel: after 16-21 steps at B=1 for H=64..512, e.g. 39 us to pack a 512x128 W against
+# 2 us saved per step; after 6-7 steps at B=2..4). Calls with fewer such steps keep BLAS and skip the copy.
+MIN_PACKED_STEPS = 20
 
 
-def transposed_for_rows(w_hh: Tensor, batch_sizes) -> np.ndarray:
-    """W_hh^T, contiguous, when enough steps run a single sequence to repay the copy; else (0, 0)."""
-    if sum(1 for b in batch_sizes if b == 1) >= MIN_ONE_ROW_STEPS:
-        return w_hh.detach().t().contiguous().numpy()
-    return np.zeros((0, 0), dtype=np_dtype(w_hh))
+def packed_for_steps(w: Tensor, batch_sizes) -> np.ndarray:
+    """small_product.pack(w) when enough steps run their product in tiles to repay the copy; else (0, 0, 0)."""
+    from .cpu_kernels import TILE_MAX_MACS
+    from .small_product import pack
+    sizes, _ = plan(tuple(batch_sizes))
+    if np.count_nonzero(sizes * (w.shape[0] * w.shape[1]) <= TILE_MAX_MACS) >= MIN_PACKED_STEPS:
+        return pack(arr(w))
+    return np.zeros((0, 0, 0), dtype=np_dtype(w))
 
 
 def np_dtype(t: Tensor):
@@ -216,7 +221,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearit
     xp = linear(x, w_ih, b_ih)  # (N, H)
     out, hp = empty(x, *xp.shape), empty(x, *h0.shape)
     h = h0.detach().clone(memory_format=torch.contiguous_format)
-    fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh), transposed_for_rows(w_hh, batch_sizes),
+    fixed = (gemm_fn(x.dtype), nonlinearity == "relu", arr(xp), arr(w_hh), packed_for_steps(w_hh, batch_sizes),
              bias_or_zeros(b_hh, w_hh.shape[0], x),
              arr(h), sizes, offsets, reverse, arr(out))
     forward_steps(lambda hp_, *k: kernels().rnn_forward(*fixed, hp_, *k), hp, h, w_hh, batch_sizes, reverse)
@@ -245,9 +250,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
     h, c = (s.detach().clone(memory_format=torch.contiguous_format) for s in (h0, c0))
     hp, m = empty(x, h0.shape[0], 4 * hidden), empty(x, h0.shape[0], hidden)
     w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
-    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), transposed_for_rows(w_hh, batch_sizes),
-             bias_or_zeros(b_hh, 4 * hidden, x), w_hr_, arr(h), arr(c), sizes, offsets, reverse, arr(out), arr(cs),
-             arr(gates))
+    w_hr_packed = packed_for_steps(w_hr, batch_sizes) if w_hr is not None else np.zeros((0, 0, 0), np_dtype(x))
+    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), packed_for_steps(w_hh, batch_sizes),
+             bias_or_zeros(b_hh, 4 * hidden, x), w_hr_, w_hr_packed, arr(h), arr(c), sizes, offsets, reverse, arr(out),
+             arr(cs), arr(gates))
     m_ = arr(m)
     forward_steps(lambda hp_, *k: kernels().lstm_forward(*fixed, hp_, m_, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h, c, cs, gates
@@ -279,7 +285,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
     xp = linear(x, w_ih, b_ih)  # (N, 3H)
     out, cache = empty(x, x.shape[0], hidden), empty(x, x.shape[0], 4 * hidden)
     h, hp = h0.detach().clone(memory_format=torch.contiguous_format), empty(x, h0.shape[0], 3 * hidden)
-    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), transposed_for_rows(w_hh, batch_sizes),
+    fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), packed_for_steps(w_hh, batch_sizes),
              bias_or_zeros(b_hh, 3 * hidden, x), arr(h), sizes, offsets, reverse, arr(out), arr(cache))
     forward_steps(lambda hp_, *k: kernels().gru_forward(*fixed, hp_, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h, cache

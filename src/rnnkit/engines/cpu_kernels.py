@@ -4,8 +4,9 @@ The math is rnnkit.cells' step math, the loop is rnnkit.engines.reference's, and
 chain the two. What differs is how it runs:
 
 - the whole time loop is one compiled call, so a step costs no Python or dispatch overhead;
-- each step's recurrent product goes to torch's own BLAS (see blas.py), in place, on the
-  rows of the sequences running at that step (packed batches spend nothing on padding);
+- each step's recurrent product runs in register tiles written in LLVM IR (small_product.py),
+  or for large products in torch's own BLAS (blas.py), in place, on the rows of the sequences
+  running at that step (packed batches spend nothing on padding);
 - the gate arithmetic of a step is one fused loop over (sequence, unit) that LLVM vectorises.
   It vectorises only with error_model="numpy" (Python's model puts a zero-division check on
   every division) and with activation functions that are plain arithmetic: libm's exp and
@@ -33,6 +34,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .blas import gemm
+from .small_product import packed_product, product
 
 # fastmath without nnan/ninf: a NaN that enters the loop must come out as NaN (no silent repair)
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -109,30 +111,22 @@ def gather_prev(t, bs, batch_sizes, offsets, reverse, seq, init, dest, off):
             row[j] = src[j]
 
 
-@njit(inline="always")
-def row_product(a, w, c, accumulate):
-    """c (N,) = a (K,) @ w (K, N), or c += it: one row as K vectorised row updates.
-
-    A step with one running sequence (B=1, or the tail of a packed batch) is a matrix-vector
-    product, where a BLAS call costs more than the work (measured 1x128 by 128x512: 1.8 us here,
-    3.2 us through sgemm_)."""
-    if not accumulate:
-        c[:] = 0
-    for k in range(a.shape[0]):
-        ak, wk = a[k], w[k]
-        for j in range(c.shape[0]):
-            c[j] += ak * wk[j]
+# Up to this many multiply-adds a step's product runs in small_product's register tiles rather than
+# through sgemm_. Measured on a Zen 4 (one thread, float32): the tiles run 110-116 GF/s from 4x64x256
+# to 64x256x1024 (16.8M), where MKL's sgemm_ runs 35-89 GF/s; larger steps go stepwise to oneDNN
+# anyway (cpu.STEPWISE_MIN_MACS). Above it (float64 or no oneDNN) BLAS keeps them.
+TILE_MAX_MACS = 1 << 24
 
 
 @njit(inline="always")
-def product_from_state(fn, h, w, w_t, hp, bs):
+def product_from_state(fn, h, w, w_packed, hp, bs):
     """hp[:bs] = h[:bs] W^T for W (G, P): a step's recurrent product (or the LSTM projection).
 
-    w_t is W^T for the row product of one-row steps, or (0, 0) to always call BLAS."""
-    if bs == 1 and w_t.shape[0] > 0:
-        row_product(h[0], w_t, hp[0], False)
-        return
+    w_packed is small_product.pack(W), or (0, 0, 0) where too few steps repay packing: then BLAS."""
     g, p = w.shape
+    if w_packed.shape[0] > 0 and bs * g * p <= TILE_MAX_MACS:
+        packed_product(h, w_packed, hp, bs, g)
+        return
     gemm(fn, True, False, g, bs, p, hp.dtype.type(1), w, p, h, p, hp.dtype.type(0), hp, g)
 
 
@@ -140,11 +134,12 @@ def product_from_state(fn, h, w, w_t, hp, bs):
 def product_to_prev(fn, d, w, dh, bs, accumulate):
     """dh[:bs] = d[:bs] W (or += it, for GRU's two parts) for W (K, P): the gradient a step sends back.
 
-    d's rows may be longer than K (a column slice), hence the leading dimension from its strides."""
-    if bs == 1:
-        row_product(d[0], w, dh[0], accumulate)
-        return
+    d's rows may be longer than K (a column slice), hence the leading dimension from its strides.
+    W's rows are already the tiles' B operand, so no packing here."""
     k, p = w.shape
+    if bs * k * p <= TILE_MAX_MACS:
+        product(d, w, dh, bs, accumulate)
+        return
     beta = dh.dtype.type(1) if accumulate else dh.dtype.type(0)
     gemm(fn, False, False, p, bs, k, dh.dtype.type(1), w, p, d, d.strides[0] // d.itemsize, beta, dh, p)
 
@@ -153,15 +148,16 @@ def product_to_prev(fn, d, w, dh, bs, accumulate):
 
 
 @njit(**KERNEL)
-def rnn_forward(fn, relu, xp, w_hh, w_hh_t, b_hh, h, batch_sizes, offsets, reverse, out, hp, k0, k1, own_product):
-    """out (N, H); h (B, H) initial -> final; hp (B, H) scratch; w_hh_t = W_hh^T for one-row steps, or (0, 0)."""
+def rnn_forward(fn, relu, xp, w_hh, w_hh_packed, b_hh, h, batch_sizes, offsets, reverse, out, hp, k0, k1, own_product):
+    """out (N, H); h (B, H) initial -> final; hp (B, H) scratch; w_hh_packed = small_product.pack(W_hh), or
+    (0, 0, 0)."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
     zero = xp.dtype.type(0)
     for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
         if own_product:
-            product_from_state(fn, h, w_hh, w_hh_t, hp, bs)
+            product_from_state(fn, h, w_hh, w_hh_packed, hp, bs)
         for b in range(bs):
             x_row, h_row, hp_row, o_row = xp[off + b], h[b], hp[b], out[off + b]
             for j in range(hidden):
@@ -194,17 +190,18 @@ def rnn_backward(fn, relu, w_hh, h0, out, dout, dh, batch_sizes, offsets, revers
 
 
 @njit(**KERNEL)
-def lstm_forward(fn, xp, w_hh, w_hh_t, b_hh, w_hr, h, c, batch_sizes, offsets, reverse, out, cs, gates, hp, m, k0, k1,
-                 own_product):
+def lstm_forward(fn, xp, w_hh, w_hh_packed, b_hh, w_hr, w_hr_packed, h, c, batch_sizes, offsets, reverse, out, cs,
+                 gates, hp, m, k0, k1, own_product):
     """out (N, P), cs (N, H), gates (N, 4H) = [i, f, g, o]; h (B, P), c (B, H) initial -> final;
-    hp (B, 4H) and m (B, H) scratch. w_hr is (P, H), or (0, H) without a projection."""
+    hp (B, 4H) and m (B, H) scratch. w_hr is (P, H), or (0, H) without a projection; the packed weights are
+    small_product.pack's, or (0, 0, 0)."""
     num_steps, hidden = batch_sizes.shape[0], c.shape[1]
     proj = w_hr.shape[0] > 0
     for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
         if own_product:
-            product_from_state(fn, h, w_hh, w_hh_t, hp, bs)
+            product_from_state(fn, h, w_hh, w_hh_packed, hp, bs)
         for b in range(bs):
             x_row, hp_row, g_row, c_row, cs_row, m_row = xp[off + b], hp[b], gates[off + b], c[b], cs[off + b], m[b]
             for j in range(hidden):
@@ -218,7 +215,7 @@ def lstm_forward(fn, xp, w_hh, w_hh_t, b_hh, w_hr, h, c, batch_sizes, offsets, r
                 m_row[j] = o * tanh(c_new)
                 g_row[j], g_row[hidden + j], g_row[2 * hidden + j], g_row[3 * hidden + j] = i, f, g, o
         if proj:  # h[:bs] = m W_hr^T
-            product_from_state(fn, m, w_hr, w_hr[:0, :0], h, bs)
+            product_from_state(fn, m, w_hr, w_hr_packed, h, bs)
         else:
             for b in range(bs):
                 h[b, :] = m[b, :]
@@ -269,14 +266,14 @@ def lstm_backward(fn, w_hh, w_hr, h0, c0, out, cs, gates, dout, dh, dc, batch_si
 
 
 @njit(**KERNEL)
-def gru_forward(fn, xp, w_hh, w_hh_t, b_hh, h, batch_sizes, offsets, reverse, out, cache, hp, k0, k1, own_product):
+def gru_forward(fn, xp, w_hh, w_hh_packed, b_hh, h, batch_sizes, offsets, reverse, out, cache, hp, k0, k1, own_product):
     """out (N, H); cache (N, 4H) = [r, z, n, W_hn h + b_hn]; h (B, H) initial -> final; hp (B, 3H) scratch."""
     num_steps, hidden = batch_sizes.shape[0], h.shape[1]
     for k in range(k0, k1):
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
         if own_product:
-            product_from_state(fn, h, w_hh, w_hh_t, hp, bs)
+            product_from_state(fn, h, w_hh, w_hh_packed, hp, bs)
         for b in range(bs):
             x_row, hp_row, h_row, o_row, k_row = xp[off + b], hp[b], h[b], out[off + b], cache[off + b]
             for j in range(hidden):

@@ -82,7 +82,7 @@ def forward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params: 
     hp, c_tilde = empty(xp, batch, 4 * hidden), empty(xp, batch, hidden)
     bias = b_hh if "bias" in flags else xp.new_zeros(4 * hidden)
     fixed = (stock.gemm_fn(xp.dtype), ln, "peephole" in flags, rdrop, "zoneout_h" in flags, zon_c, arr(xp, 2),
-             arr(w_hh, 2), np.zeros((0, 0), dtype=stock.np_dtype(xp)), arr(bias, 1), arr(ln_w, 1), arr(ln_b, 1),
+             arr(w_hh, 2), stock.packed_for_steps(w_hh, batch_sizes), arr(bias, 1), arr(ln_w, 1), arr(ln_b, 1),
              arr(lnc_w, 1), arr(lnc_b, 1), arr(peep, 1), arr(masks[0], 2), arr(masks[1], 2), arr(masks[2], 2),
              arr(h, 2), arr(c, 2), sizes, offsets, reverse, arr(out, 2), arr(cs, 2), arr(ct, 2), arr(gates, 2),
              arr(zn, 2), arr(stats, 2), arr(hm, 2))

@@ -52,7 +52,7 @@ def row_stats(v, n):
 
 
 @njit(**KERNEL)
-def forward(fn, ln, peep, rdrop, zon_h, zon_c, xp, w_hh, w_hh_t, b_hh, ln_w, ln_b, lnc_w, lnc_b, p, r, zh, zc,
+def forward(fn, ln, peep, rdrop, zon_h, zon_c, xp, w_hh, w_hh_packed, b_hh, ln_w, ln_b, lnc_w, lnc_b, p, r, zh, zc,
             h, c, batch_sizes, offsets, reverse, out, cs, ct, gates, zn, stats, hm, hp, c_tilde, k0, k1, own_product):
     """out (N, H), cs (N, H) = c', ct (N, H) = c~ (zon_c), gates (N, 4H), zn (N, 4H) and stats (N, 3) (ln);
     h, c (B, H) initial -> final; with rdrop hm (B, H) = h * r, the state the recurrent product reads: the
@@ -68,7 +68,7 @@ def forward(fn, ln, peep, rdrop, zon_h, zon_c, xp, w_hh, w_hh_t, b_hh, ln_w, ln_
         t = step_at(k, num_steps, reverse)
         bs, off = batch_sizes[t], offsets[t]
         if own_product:
-            product_from_state(fn, src, w_hh, w_hh_t, hp, bs)  # hp[:bs] = hm W_hh^T
+            product_from_state(fn, src, w_hh, w_hh_packed, hp, bs)  # hp[:bs] = hm W_hh^T
         for b in range(bs):
             row = off + b
             hp_row, x_row, g_row, ct_row = hp[b], xp[row], gates[row], c_tilde[b]
