@@ -90,7 +90,7 @@ def machine_key() -> dict:
 
 # The files whose code the timings measure: a changed kernel (an edited checkout, an upgrade without a version
 # bump) times again instead of trusting choices made for other code
-TIMED_SOURCES = ("cpu.py", "cpu_kernels.py", "blas.py", "aten.py", "ops.py", "tune.py")
+TIMED_SOURCES = ("cpu.py", "cpu_kernels.py", "small_product.py", "blas.py", "aten.py", "ops.py", "tune.py")
 
 
 def engine_source_digest() -> str:
