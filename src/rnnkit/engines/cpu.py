@@ -240,13 +240,15 @@ def rnn_backward(x, h0, w_ih, w_hh, has_bias, batch_sizes, reverse, nonlinearity
     return dx, dh, None, dw_ih, dw_hh, db_ih, db_hh, None
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-    """Returns out (N, P), h_n (B, P), c_n (B, H), and for the backward cs (N, H) and gates (N, 4H)."""
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep=True):
+    """Returns out (N, P), h_n (B, P), c_n (B, H), and for the backward cs (N, H) and gates (N, 4H) (with
+    keep=False, when no backward is to come, only a step's worth of them: 5 N H floats fewer to write)."""
     sizes, offsets = plan(batch_sizes)
     hidden = c0.shape[1]
     xp = linear(x, w_ih, b_ih)  # (N, 4H)
     n = x.shape[0]
-    out, cs, gates = empty(x, n, h0.shape[1]), empty(x, n, hidden), empty(x, n, 4 * hidden)
+    rows = n if keep else h0.shape[0]
+    out, cs, gates = empty(x, n, h0.shape[1]), empty(x, rows, hidden), empty(x, rows, 4 * hidden)
     h, c = (s.detach().clone(memory_format=torch.contiguous_format) for s in (h0, c0))
     hp, m = empty(x, h0.shape[0], 4 * hidden), empty(x, h0.shape[0], hidden)
     w_hr_ = arr(w_hr) if w_hr is not None else np.zeros((0, hidden), dtype=np_dtype(x))
@@ -255,7 +257,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
              bias_or_zeros(b_hh, 4 * hidden, x), w_hr_, w_hr_packed, arr(h), arr(c), sizes, offsets, reverse, arr(out),
              arr(cs), arr(gates))
     m_ = arr(m)
-    forward_steps(lambda hp_, *k: kernels().lstm_forward(*fixed, hp_, m_, *k), hp, h, w_hh, batch_sizes, reverse)
+    forward_steps(lambda hp_, *k: kernels().lstm_forward(*fixed, hp_, m_, keep, *k), hp, h, w_hh, batch_sizes,
+                  reverse)
     return out, h, c, cs, gates
 
 
@@ -278,16 +281,17 @@ def lstm_backward(x, h0, c0, w_ih, w_hh, has_bias, w_hr, batch_sizes, reverse, o
     return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
-def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
-    """Returns out (N, H), h_n (B, H), and for the backward cache (N, 4H) = [r, z, n, W_hn h + b_hn]."""
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, keep=True):
+    """Returns out (N, H), h_n (B, H), and for the backward cache (N, 4H) = [r, z, n, W_hn h + b_hn] (one
+    step's worth with keep=False, when no backward is to come)."""
     sizes, offsets = plan(batch_sizes)
     hidden = h0.shape[1]
     xp = linear(x, w_ih, b_ih)  # (N, 3H)
-    out, cache = empty(x, x.shape[0], hidden), empty(x, x.shape[0], 4 * hidden)
+    out, cache = empty(x, x.shape[0], hidden), empty(x, x.shape[0] if keep else h0.shape[0], 4 * hidden)
     h, hp = h0.detach().clone(memory_format=torch.contiguous_format), empty(x, h0.shape[0], 3 * hidden)
     fixed = (gemm_fn(x.dtype), arr(xp), arr(w_hh), packed_for_steps(w_hh, batch_sizes),
              bias_or_zeros(b_hh, 3 * hidden, x), arr(h), sizes, offsets, reverse, arr(out), arr(cache))
-    forward_steps(lambda hp_, *k: kernels().gru_forward(*fixed, hp_, *k), hp, h, w_hh, batch_sizes, reverse)
+    forward_steps(lambda hp_, *k: kernels().gru_forward(*fixed, hp_, keep, *k), hp, h, w_hh, batch_sizes, reverse)
     return out, h, cache
 
 
@@ -325,20 +329,29 @@ def narrowed(tensors, like) -> list[Tensor | None]:
     return [t if t is None or k is None else t.to(k.dtype) for t, k in zip(tensors, like, strict=True)]
 
 
-def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """One layer, one direction, no autograd: out, h_n, c_n (None unless LSTM), saved (as the reference engine's)."""
+def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep=True):
+    """One layer, one direction, no autograd: out, h_n, c_n (None unless LSTM), saved (as the reference engine's;
+    with keep=False, for `infer`, the saved tensors are not kept and saved is ())."""
     if x.dtype == torch.bfloat16:  # W_ih and b_ih stay bfloat16: `linear` forms xp with bfloat16 products
         out, h, c, saved = forward(mode, *widened(x), batch_sizes, *widened(h0, c0), w_ih,
-                                   *widened(w_hh), b_ih, *widened(b_hh, w_hr), reverse)
+                                   *widened(w_hh), b_ih, *widened(b_hh, w_hr), reverse, keep)
         return *narrowed((out, h, c), (x, h0, c0)), saved  # saved stays float32 for the backward
     if mode == "LSTM":
-        out, h, c, cs, gates = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-        return out, h, c, (cs, gates)
+        out, h, c, cs, gates = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep)
+        return out, h, c, (cs, gates) if keep else ()
     if mode == "GRU":
-        out, h, cache = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
-        return out, h, None, (cache,)
+        out, h, cache = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, keep)
+        return out, h, None, (cache,) if keep else ()
     out, h = rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, NONLINEARITY[mode])
     return out, h, None, ()
+
+
+def infer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """`forward` where no backward is to come (no_grad, nothing requiring a gradient): out, h_n, c_n, without
+    writing what the backward would read (an LSTM's gates and cell states: 5 N H floats, whose first touch
+    alone costs more than their arithmetic at long T)."""
+    out, h, c, _ = forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep=False)
+    return out, h, c
 
 
 def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n,

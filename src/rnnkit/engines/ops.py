@@ -93,6 +93,17 @@ def run_forward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_
     return out, h_n, absent(c_n, x), *saved
 
 
+def run_inference(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """out, h_n, c_n (absent: an empty tensor) where no gradient will be asked for: the engine's `infer` (which
+    may skip keeping what a backward would read) or its forward."""
+    infer = getattr(engine, "infer", None)
+    if infer is None or x.shape[0] == 0:
+        return run_forward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)[:3]
+    with no_autocast(x):
+        out, h_n, c_n = infer(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return out, h_n, absent(c_n, x)
+
+
 def run_backward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved0, saved1,
                  saved2, d_out, d_h_n, d_c_n, need_dx):
     """The backward operator's body: dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr (empties where absent)."""
@@ -249,7 +260,7 @@ def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Te
         out, h_n, c_n, *_ = OPS[engine](*args)
     elif torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         out, h_n, c_n, *_ = EAGER[engine].apply(*args)
-    else:  # nothing to differentiate: the body alone
-        out, h_n, c_n, *_ = run_forward(ENGINE_MODULES[engine], *args)
+    else:  # nothing to differentiate: the body alone, or the engine's inference entry where it has one
+        out, h_n, c_n = run_inference(ENGINE_MODULES[engine], *args)
     return out, h_n, c_n if c0 is not None else None
 

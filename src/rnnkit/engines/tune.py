@@ -232,8 +232,11 @@ def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, 
             d_out, d_h, d_c = x.new_ones(n * batch, h0.shape[1]), torch.ones_like(h0), torch.ones_like(c0)
 
             def run():
-                if not train and engine is aten:  # what aten.run_layer runs without a gradient
-                    aten._run_forward(*args[1:9], reverse, train=False)
+                if not train:  # what each runs without a gradient
+                    if engine is aten:
+                        aten._run_forward(*args[1:9], reverse, train=False)
+                    else:
+                        cpu.infer(*args)
                     return
                 out, _, _, saved = engine.forward(*args)
                 if train:

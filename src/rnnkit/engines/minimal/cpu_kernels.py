@@ -40,7 +40,7 @@ def sig(x, like):
 
 @overload(sig, inline="always", fastmath=FASTMATH)
 def _sig(x, like):
-    if isinstance(like, types.Float) and like.bitwidth == 32:  # vectorisable, absolute error 5e-11
+    if isinstance(like, types.Float) and like.bitwidth == 32:  # vectorisable, absolute error 1.4e-9
         return lambda x, like: 0.5 + 0.5 * rational_tanh(0.5 * x)
     return lambda x, like: 1.0 / (1.0 + math.exp(-x))  # libm; exp(-x) = inf for x << 0 gives exactly 0
 
