@@ -261,3 +261,23 @@ def test_the_whole_stack_path_is_not_taken_where_it_cannot_run(monkeypatch):
     lstm(x)
     gru = rnnkit.GRU(3, 5)
     gru(x), gru(x)
+
+
+@pytest.mark.parametrize("full_budget_s, timed_whole", [(10.0, True), (0.0, False)], ids=["short_call", "long_call"])
+def test_a_short_call_is_timed_whole_not_extrapolated(own_cache, monkeypatch, full_budget_s, timed_whole):
+    """Beyond CAL_STEPS steps a call predicted cheap is timed as it is: costs that change with N (library switches
+    in the products over all steps) make the line through short slices wrong there."""
+    monkeypatch.setattr(tune, "CAL_FULL_S", full_budget_s)
+    seen = []
+    real = tune.time_whole_calls
+
+    def spy(runs):
+        seen.append(sorted(runs))
+        return real(runs)
+
+    monkeypatch.setattr(tune, "time_whole_calls", spy)
+    auto, ref = lstm_pair()
+    check_against_reference(auto, ref, torch.randn(tune.CAL_STEPS + 5, 2, 3))
+    assert seen == ([["aten", "cpu"]] if timed_whole else [])
+    entry = next(iter(entries(tune.cache_path()).values()))
+    assert entry["engine"] in ("cpu", "aten") and set(entry["predicted_ms"]) == {"cpu", "aten"}

@@ -12,7 +12,8 @@ faster, and the choice is written to disk, like Triton's autotuner, so later pro
 - Shape class: cell mode, training or inference, T rounded up to a power of two, B, input size,
   hidden size, thread count. Calibration times forward (and backward, for training) on the first
   CAL_STEPS / 4 and CAL_STEPS steps of the call's own input and weights, in turns, best of a few rounds,
-  and extrapolates each candidate to the call's T (a cost per call plus a cost per step).
+  and extrapolates each candidate to the call's T (a cost per call plus a cost per step); a call that
+  short timing predicts under CAL_FULL_S for both is then timed whole, a few rounds, instead.
 - Cache: one JSON file per machine key (CPU model, torch, numba and rnnkit versions) in
   $RNNKIT_CACHE_DIR, else $XDG_CACHE_HOME/rnnkit, else ~/.cache/rnnkit; written to a temporary
   file and renamed, so a reader sees the old file or the new one. An unreadable or corrupt file
@@ -51,7 +52,8 @@ FORMAT = 1
 CAL_STEPS = 16  # calibration times the first CAL_STEPS // 4 and CAL_STEPS steps of the call (fewer if T is)
 CAL_BUDGET_S = 0.05  # timed seconds to aim for, in rounds of every candidate at both lengths ...
 CAL_ROUNDS_MAX = 10  # ... but at most this many rounds, and at least one, after one untimed round
-MARGIN = 0.97  # "aten" must be at least 3% faster to be taken: a tie keeps rnnkit's own engine
+CAL_FULL_S = 0.03  # a call whose two candidates together are predicted under this is timed whole instead
+MARGIN = 0.97  # "cpu" must be at least 3% faster to be taken: a tie runs torch's own kernel, torch.nn's speed
 
 _lock = threading.RLock()
 _table: dict[str, dict] | None = None  # this process's view: the file's entries plus its own
@@ -257,15 +259,33 @@ def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, 
                 start = time.perf_counter()
                 run()
                 best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
-    s1, s2 = lengths[0], lengths[-1]
-    predicted = {}
-    for name in engines:
-        c1, c2 = best[(name, s1)], best[(name, s2)]
-        per_step = (c2 - c1) / (s2 - s1) if s2 > s1 else c2 / s2
-        predicted[name] = max(c2 + per_step * (steps_total(x, batch) - s2), 1e-6)
-    engine = "aten" if predicted["aten"] < MARGIN * predicted["cpu"] else "cpu"
+        s1, s2 = lengths[0], lengths[-1]
+        predicted = {}
+        for name in engines:
+            c1, c2 = best[(name, s1)], best[(name, s2)]
+            per_step = (c2 - c1) / (s2 - s1) if s2 > s1 else c2 / s2
+            predicted[name] = max(c2 + per_step * (steps_total(x, batch) - s2), 1e-6)
+        if steps > s2 and sum(predicted.values()) <= CAL_FULL_S * 1e3:
+            # short enough to time as it is: a line through short slices misses costs that change with N (the
+            # products over all steps switch library at ONEDNN_MIN_MACS; at T=100, B=1, H=128 the line
+            # predicted the CPU engine 3% slower than oneDNN where it ran 25% slower)
+            predicted = time_whole_calls({name: runner(engine, steps) for name, engine in engines.items()})
+    engine = "cpu" if predicted["cpu"] < MARGIN * predicted["aten"] else "aten"
     return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
             "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}, "rounds": rounds}
+
+
+def time_whole_calls(runs: dict) -> dict[str, float]:
+    """Best ms of each whole-call runner over a few alternating rounds, after one untimed round."""
+    for run in runs.values():
+        run()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(CAL_ROUNDS_MAX // 2):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], (time.perf_counter() - start) * 1e3)
+    return best
 
 
 def whole_stack_is_aten(mode: str, train: bool, steps: int, batch: int, inputs: list[int], hidden: int) -> bool:
