@@ -60,7 +60,11 @@ def test_first_call_calibrates_and_writes_the_cache(own_cache):
     check_against_reference(auto, ref, torch.randn(6, 2, 3))
     written = entries(tune.cache_path())
     assert tune.cache_path().parent == own_cache
-    assert [k.split("|")[:2] for k in written] == [["LSTM", "train"]]
+    # first the whole stack against torch.lstm; where rnnkit's stack won, its layers' own engine choice too
+    stacks = [k for k in written if k.startswith("stack|")]
+    layers = [k for k in written if not k.startswith("stack|")]
+    assert [k.split("|")[:3] for k in stacks] == [["stack", "LSTM", "train"]]
+    assert [k.split("|")[:2] for k in layers] == ([] if written[stacks[0]]["engine"] == "aten" else [["LSTM", "train"]])
     assert all(v["engine"] in ("cpu", "aten") for v in written.values())
 
 
@@ -76,6 +80,7 @@ def test_a_later_process_reads_the_choice_instead_of_timing(own_cache, monkeypat
 @pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
 def test_results_do_not_depend_on_the_choice(engine, grad, monkeypatch):
     monkeypatch.setattr(tune, "calibrate", lambda *a, **k: {"engine": engine})
+    monkeypatch.setattr(tune, "time_stacks", lambda *a, **k: {"engine": "cpu"})  # the per-layer choice decides
     auto, ref = lstm_pair()
     x = torch.randn(7, 3, 3)
     if grad:
@@ -85,7 +90,7 @@ def test_results_do_not_depend_on_the_choice(engine, grad, monkeypatch):
             (a, (ha, ca)), (r, (hr, cr)) = auto(x), ref(x)
         for p, q in ((a, r), (ha, hr), (ca, cr)):
             assert_close(p, q, "output", "auto output without grad")
-    assert {v["engine"] for v in tune.table().values()} == {engine}
+    assert {v["engine"] for k, v in tune.table().items() if not k.startswith("stack|")} == {engine}
 
 
 def test_unwritable_cache_folder_still_gives_correct_results(monkeypatch, tmp_path, capfd):
@@ -104,7 +109,7 @@ def test_corrupt_cache_file_counts_as_empty_and_is_replaced(own_cache):
     tune.cache_path().write_text('{"format": 1, "machine": {"cpu": tru')  # a torn write from elsewhere
     auto, ref = lstm_pair()
     check_against_reference(auto, ref, torch.randn(6, 2, 3))
-    assert len(entries(tune.cache_path())) == 1
+    assert any(k.startswith("stack|LSTM|train") for k in entries(tune.cache_path()))
 
 
 @pytest.mark.parametrize("payload", [
@@ -152,7 +157,7 @@ def test_two_processes_calibrating_at_once_both_get_correct_results(own_cache):
     for child, (out, err) in zip(children, results, strict=True):
         assert child.returncode == 0, err
     keys = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
-    assert keys[0] == keys[1] and len(keys[0]) == 1
+    assert keys[0] == keys[1] and any(k.startswith("stack|LSTM|train") for k in keys[0])
     assert set(entries(tune.cache_path())) == set(keys[0])  # one valid file, whichever rename came last
     assert not [p for p in own_cache.iterdir() if p.name.endswith(".tmp")]
 
@@ -217,6 +222,7 @@ def test_a_stack_aten_won_runs_as_torch_nn_runs_it(layout, monkeypatch):
     """Once oneDNN won every layer's timing, the layer runs the whole stack in one torch.lstm call, as
     torch.nn.LSTM does: the same numbers as torch.nn, gradients and double backward included."""
     monkeypatch.setattr(tune, "calibrate", lambda *a, **k: {"engine": "aten"})
+    monkeypatch.setattr(tune, "time_stacks", lambda *a, **k: {"engine": "cpu"})  # the per-layer timing decides
     kw = {"one_layer": {}, "two_layers_bidirectional_dropout": dict(num_layers=2, bidirectional=True, dropout=0.3),
           "batch_first_no_bias": dict(batch_first=True, bias=False)}[layout]
     torch.manual_seed(0)
@@ -276,8 +282,59 @@ def test_a_short_call_is_timed_whole_not_extrapolated(own_cache, monkeypatch, fu
         return real(runs)
 
     monkeypatch.setattr(tune, "time_whole_calls", spy)
+    monkeypatch.setattr(tune, "time_stacks", lambda *a, **k: {"engine": "cpu"})  # so that the layers' timing runs
     auto, ref = lstm_pair()
     check_against_reference(auto, ref, torch.randn(tune.CAL_STEPS + 5, 2, 3))
     assert seen == ([["aten", "cpu"]] if timed_whole else [])
-    entry = next(iter(entries(tune.cache_path()).values()))
+    entry = next(v for k, v in entries(tune.cache_path()).items() if not k.startswith("stack|"))
     assert entry["engine"] in ("cpu", "aten") and set(entry["predicted_ms"]) == {"cpu", "aten"}
+
+
+GRU_RNN = {"gru": ("GRU", {}), "rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
+           "gru_2layers_bidir": ("GRU", {"num_layers": 2, "bidirectional": True})}
+
+
+@pytest.mark.parametrize("strategy", ["cpu", "aten"])
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("case", GRU_RNN)
+def test_gru_and_rnn_stack_choice_gives_the_same_results(case, grad, strategy, monkeypatch):
+    """Either choice of the whole-stack timing gives the reference engine's numbers; "aten" runs torch's own
+    stack (torch.gru, torch.rnn_*), which then gives torch.nn's to the last bit."""
+    monkeypatch.setattr(tune, "time_stacks", lambda runners, steps: {"engine": strategy})
+    calls = []
+    real = aten.run_stack
+    monkeypatch.setattr(aten, "run_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    name, kw = GRU_RNN[case]
+    torch.manual_seed(0)
+    auto, ref, theirs = (getattr(rnnkit, name)(3, 5, **kw), getattr(rnnkit, name)(3, 5, engine="reference", **kw),
+                         getattr(torch.nn, name)(3, 5, **kw))
+    ref.load_state_dict(auto.state_dict())
+    theirs.load_state_dict(auto.state_dict())
+    x = torch.randn(4, 2, 3, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        outs = [m(x)[0] for m in (auto, ref, theirs)]
+    assert_close(outs[0], outs[1], "output", "auto output")
+    assert bool(calls) == (strategy == "aten")
+    if strategy == "aten":
+        assert torch.equal(outs[0], outs[2])
+    if grad:
+        up = torch.randn_like(outs[0])
+        for p, q in zip(torch.autograd.grad(outs[0], [x, *auto.parameters()], up),
+                        torch.autograd.grad(outs[1], [x, *ref.parameters()], up), strict=True):
+            assert_close(p, q, "grad", "auto gradient")
+
+
+def test_stack_timing_runs_once_per_class_and_leaves_the_random_stream_alone(own_cache, monkeypatch):
+    seen = []
+    real = tune.time_stacks
+    monkeypatch.setattr(tune, "time_stacks", lambda runners, steps: seen.append(steps) or real(runners, steps))
+    gru = rnnkit.GRU(3, 4, num_layers=2, dropout=0.5)
+    x = torch.randn(3, 2, 3)
+    torch.manual_seed(7)
+    gru(x)
+    after_first = torch.rand(1)
+    torch.manual_seed(7)
+    gru(x)
+    assert torch.equal(torch.rand(1), after_first)  # the timed call drew exactly what the untimed one did
+    assert seen == [3]
+    assert any(k.startswith("stack|GRU|train|T4|B2|I3|H4") for k in entries(tune.cache_path()))

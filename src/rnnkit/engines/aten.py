@@ -140,16 +140,24 @@ def run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, revers
     return ops.run_layer("aten", mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 
 
-def run_stack(x: Tensor, h0: Tensor, c0: Tensor, weights: list[list[tuple]], dropout: float, training: bool,
-              bidirectional: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Every layer and direction in one call of torch's own LSTM (torch.lstm, what torch.nn.LSTM runs: oneDNN
-    on CPU), for engine="auto" where oneDNN won every layer's timing: rnnkit then adds nothing between the
-    caller and the kernel. x (T, B, I); weights per layer and direction (w_ih, w_hh, b_ih, b_hh, None);
-    h0, c0 (L*D, B, H). Returns out (T*B, D*H), h_n, c_n. Autograd differentiates it, as for torch.nn
-    (double backward included)."""
+TORCH_STACKS = {"LSTM": torch.lstm, "GRU": torch.gru, "RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu}
+
+
+def run_stack(x: Tensor, h0: Tensor, c0: Tensor | None, weights: list[list[tuple]], dropout: float, training: bool,
+              bidirectional: bool, mode: str = "LSTM") -> tuple[Tensor, Tensor, Tensor | None]:
+    """Every layer and direction in one call of torch's own implementation (torch.lstm, torch.gru, torch.rnn_tanh,
+    torch.rnn_relu: what torch.nn's layers run; oneDNN's fused LSTM on CPU), for engine="auto" where timing found
+    it faster for this call's shape class (engines.tune): rnnkit then adds nothing between the caller and the
+    kernel. x (T, B, I); weights per layer and direction (w_ih, w_hh, b_ih, b_hh, None); h0, c0 (L*D, B, H).
+    Returns out (T*B, D*H), h_n, c_n (None but for LSTM). Autograd differentiates it, as for torch.nn (double
+    backward included)."""
     flat = [w for layer in weights for ws in layer for w in ws[:4] if w is not None]
     has_bias = weights[0][0][2] is not None
-    out, h_n, c_n = torch.lstm(x, (h0, c0), flat, has_bias, len(weights), dropout, training, bidirectional, False)
+    args = (flat, has_bias, len(weights), dropout, training, bidirectional, False)
+    if mode == "LSTM":
+        out, h_n, c_n = torch.lstm(x, (h0, c0), *args)
+    else:
+        (out, h_n), c_n = TORCH_STACKS[mode](x, h0, *args), None
     return out.reshape(-1, out.shape[-1]), h_n, c_n
 
 

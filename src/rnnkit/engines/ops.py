@@ -193,11 +193,14 @@ def eager_function(name: str) -> type[torch.autograd.Function]:
         return run_backward(engine, *args)
 
     class Layer(torch.autograd.Function):
+        # forward(ctx, ...) rather than a separate setup_context: with one, Function.apply binds the arguments
+        # through inspect.signature on every call (measured ~40 us, as much as the dispatch this class saves)
         @staticmethod
-        def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-            return run_forward(engine, mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+        def forward(ctx, *inputs):
+            output = run_forward(engine, *inputs)
+            setup_context(ctx, inputs, output)
+            return output
 
-        setup_context = staticmethod(setup_context)
         backward = staticmethod(grad_formula(backward_body))
 
     Layer.__name__ = Layer.__qualname__ = f"{name.capitalize()}Layer"

@@ -298,6 +298,53 @@ def whole_stack_is_aten(mode: str, train: bool, steps: int, batch: int, inputs: 
     return all(e is not None and e["engine"] == "aten" for e in entries)
 
 
+def stack_is_torch(mode: str, train: bool, steps: int, batch: int, inputs: list[int], hidden: int, directions: int,
+                   runners) -> bool:
+    """GRU and RNN: whether torch's own implementation of the whole stack (torch.gru, torch.rnn_tanh: a loop of
+    ATen ops in C++) beats rnnkit's per-layer engine for this call's shape class. It does where a call is so
+    short that rnnkit's Python per call outweighs the work (a decoder calling the layer one step at a time:
+    T=1, B=1, H=16 ran 37 us in torch.nn against 110 in rnnkit). Timed once per class and machine, cached like
+    the LSTM's choice. runners(strategy, n) gives a function that runs the first n steps of the call with
+    strategy "cpu" or "aten" (forward, and backward when training)."""
+    if not enabled() or tracing():
+        return False
+    key = "stack|" + shape_class(mode, train, steps, batch, inputs[0], hidden) + f"|L{len(inputs)}|D{directions}"
+    entry = _table.get(key) if _table is not None else None
+    if entry is None:
+        with _lock:
+            entry = table().get(key)
+            if entry is None:
+                entry = time_stacks(runners, steps)
+                table()[key] = entry
+                write_file(cache_path(), {key: entry})
+    return entry["engine"] == "aten"
+
+
+def time_stacks(runners, steps: int) -> dict:
+    """Both strategies on the call's first steps (all of a short call), extrapolated like `calibrate`."""
+    lengths = sorted({min(steps, CAL_STEPS // 4), min(steps, CAL_STEPS)})
+    runs = {(name, n): runners(name, n) for name in ("cpu", "aten") for n in lengths}
+    start = time.perf_counter()
+    for run in runs.values():  # untimed: compiles and fills caches
+        run()
+    round_s = time.perf_counter() - start
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(max(1, min(CAL_ROUNDS_MAX // 2, round(CAL_BUDGET_S / max(round_s, 1e-6))))):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
+    s1, s2 = lengths[0], lengths[-1]
+    predicted = {}
+    for name in ("cpu", "aten"):
+        c1, c2 = best[(name, s1)], best[(name, s2)]
+        per_step = (c2 - c1) / (s2 - s1) if s2 > s1 else c2 / s2
+        predicted[name] = max(c2 + per_step * (steps - s2), 1e-6)
+    engine = "cpu" if predicted["cpu"] < MARGIN * predicted["aten"] else "aten"
+    return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
+            "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}}
+
+
 def chosen(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:
     """What "auto" runs for this shape class at the current thread count (for reports): "aten" or "cpu"."""
     entry = table().get(shape_class(mode, train, steps, batch, inp, hidden))

@@ -269,7 +269,8 @@ class RecurrentLayer(nn.Module):
             run_layer = partial(masked_layer, form.export_lengths.to(rows.data.device))
         if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights):
             out, h_n, c_n = engines.aten.run_stack(rows.data.reshape(-1, rows.batch, rows.data.shape[1]), h0, c0,
-                                                   weights, self.dropout, self.training, self.bidirectional)
+                                                   weights, self.dropout, self.training, self.bidirectional,
+                                                   self.mode)
         else:
             out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, weights,
                                       self.dropout, self.training)
@@ -279,17 +280,42 @@ class RecurrentLayer(nn.Module):
         return self.from_rows(out, [h_n] if c_n is None else [h_n, c_n], rows, form)
 
     def aten_wins(self, rows: Rows, h0: Tensor, c0: Tensor | None, weights) -> bool:
-        """engine="auto" on CPU found torch's fused LSTM faster than the CPU engine for every layer of this call
-        (engines.tune): a padded float32 LSTM without projection, timed before on this machine."""
+        """engine="auto" on CPU found torch's own implementation faster than the CPU engine for this call's shape
+        class (engines.tune), timed before on this machine: oneDNN's fused LSTM won every layer's timing, or
+        torch.lstm / torch.gru / torch.rnn_* won a timing of the whole stack against rnnkit's (short calls, where
+        rnnkit's Python per call outweighs the work). Padded float32 only, no projection."""
         data = rows.data
-        if (self.mode != "LSTM" or self.proj_size or rows.batch_sizes is not None or data.dtype != torch.float32
-                or data.shape[0] == 0):
+        if self.proj_size or rows.batch_sizes is not None or data.dtype != torch.float32 or data.shape[0] == 0:
             return False
         tensors = [data, h0, c0, *(w for layer in weights for ws in layer for w in ws if w is not None)]
         train = engines.tune.needs_grad(*tensors)
         inputs = [self.input_size] + [self.hidden_size * self.num_directions] * (self.num_layers - 1)
-        return engines.tune.whole_stack_is_aten("LSTM", train, data.shape[0] // rows.batch, rows.batch, inputs,
-                                                self.hidden_size)
+        steps = data.shape[0] // rows.batch
+        if self.mode == "LSTM" and engines.tune.whole_stack_is_aten("LSTM", train, steps, rows.batch, inputs,
+                                                                      self.hidden_size):
+            return True
+        return engines.tune.stack_is_torch(self.mode, train, steps, rows.batch, inputs, self.hidden_size,
+                                           self.num_directions, partial(self.stack_runner, rows, h0, c0, weights, train))
+
+    def stack_runner(self, rows: Rows, h0: Tensor, c0: Tensor | None, weights, train: bool, strategy: str, steps: int):
+        """A function that runs the first `steps` steps of this call's stack on `strategy` ("cpu": rnnkit's CPU
+        engine; "aten": torch's own), without dropout (timing must not draw random numbers), and its backward
+        when training: what engines.tune times."""
+        x = rows.data[:steps * rows.batch].detach().reshape(steps, rows.batch, -1)
+        weights = [[tuple(None if w is None else w.detach().requires_grad_(train) for w in ws) for ws in layer]
+                   for layer in weights]
+        h, c = h0.detach(), None if c0 is None else c0.detach()
+
+        def run():
+            with torch.enable_grad() if train else torch.no_grad():
+                if strategy == "aten":
+                    out = engines.aten.run_stack(x, h, c, weights, 0.0, False, self.bidirectional, self.mode)[0]
+                else:
+                    out = run_stack(engines.cpu.run_layer, self.mode, x.reshape(-1, x.shape[-1]), None, h, c,
+                                    weights, 0.0, False)[0]
+                if train:
+                    out.backward(torch.ones_like(out))
+        return run
 
     def to_rows(self, input, lengths) -> tuple[Rows, InputForm]:
         """Validate the input and bring any form of it to the engines' packed rows."""
