@@ -11,7 +11,8 @@ Parts (all float32, one layer, unidirectional, input size = hidden size, RNN is 
                contenders torch.nn, engine="reference", and rnnkit's default engine="auto" (the rows and the
                JSON call it "cpu": the CPU engine, or torch's fused LSTM where auto's timing chose it; the
                `path` column says which)
-    streaming  one cell call per step, B=1, H=128, state carried, under no_grad: microseconds per step
+    streaming  one cell call per step, and one layer call per step (T=1: a decoder's loop), B=1, H=128, state
+               carried, under no_grad: microseconds per step
     packed     T=100, B=16, H=256, lengths spread evenly over [T/2, T], pack_padded_sequence(enforce_sorted=False),
                against the same batch padded to full length (torch.nn and the cpu engine)
     memory     peak RSS increase of one training step at (T=1000, B=8, H=512), torch.nn and the cpu engine,
@@ -186,7 +187,14 @@ def rnnkit_modules(cell: str, hidden: int, engines: tuple[str, ...]) -> dict:
 def auto_path(cell: str, mode: str, steps: int, batch: int, hidden: int) -> str:
     """The engine that rnnkit's auto ran for a padded row: "cpu" or "aten" (chosen by timing, see engines/tune.py)."""
     from rnnkit.engines import tune
-    return tune.chosen(cell, mode == "train", steps, batch, hidden, hidden) if RNNKIT_ENGINE == "auto" else "cpu"
+    if RNNKIT_ENGINE != "auto":
+        return "cpu"
+    mode_name = "RNN_TANH" if cell == "RNN" else cell
+    stack = tune.table().get("stack|" + tune.shape_class(mode_name, mode == "train", steps, batch, hidden, hidden)
+                             + "|L1|D1")
+    if stack is not None and stack["engine"] == "aten":
+        return "torch stack"
+    return tune.chosen(cell, mode == "train", steps, batch, hidden, hidden)
 
 
 def engines_to_time(skip_reference: bool) -> tuple[str, ...]:
@@ -374,8 +382,19 @@ def stream_runner(cell_module: torch.nn.Module, xs: torch.Tensor, state0):
     return run
 
 
-def initial_state(cell: str, hidden: int):
-    h = torch.zeros(1, hidden)
+def layer_step_runner(layer: torch.nn.Module, xs: torch.Tensor, state0):
+    """The layer called on one step at a time (T=1), state carried: the decoder loop of a seq2seq model."""
+    def run():
+        with torch.no_grad():
+            state = state0
+            for x in xs:
+                _, state = layer(x.unsqueeze(0), state)
+        return state
+    return run
+
+
+def initial_state(cell: str, hidden: int, layer: bool = False):
+    h = torch.zeros(1, 1, hidden) if layer else torch.zeros(1, hidden)
     return (h, h.clone()) if cell == "LSTM" else h
 
 
@@ -393,20 +412,25 @@ def bench_streaming(plan: Plan, threads_list: tuple, engines: tuple) -> list[dic
     rows = []
     gen = torch.Generator().manual_seed(2)
     xs = torch.randn(plan.stream_steps, 1, STREAM_HIDDEN, generator=gen)
-    for cell in CELLS:
-        modules = rnnkit_modules(f"{cell}Cell", STREAM_HIDDEN, engines)
-        runners = {name: stream_runner(m, xs, initial_state(cell, STREAM_HIDDEN)) for name, m in modules.items()}
+    for cell, name in [(c, f"{c}Cell") for c in CELLS] + [(c, f"{c} (T=1)") for c in CELLS]:
+        if name.endswith("(T=1)"):  # the layer itself, one step per call
+            modules = rnnkit_modules(cell, STREAM_HIDDEN, engines)
+            runners = {k: layer_step_runner(m, xs, initial_state(cell, STREAM_HIDDEN, layer=True))
+                       for k, m in modules.items()}
+        else:
+            modules = rnnkit_modules(name, STREAM_HIDDEN, engines)
+            runners = {k: stream_runner(m, xs, initial_state(cell, STREAM_HIDDEN)) for k, m in modules.items()}
         for threads in threads_list:
-            label = f"{cell}Cell B=1 H={STREAM_HIDDEN} threads={threads}"
+            label = f"{name} B=1 H={STREAM_HIDDEN} threads={threads}"
             gate = wait_for_cores(threads, plan.wait_s)
             if gate["starved"]:
-                rows.append(skipped_row(gate, cell=f"{cell}Cell", B=1, H=STREAM_HIDDEN, threads=threads))
+                rows.append(skipped_row(gate, cell=name, B=1, H=STREAM_HIDDEN, threads=threads))
                 continue
             with num_threads(threads):
                 check_stream({name: run() for name, run in runners.items()}, label)
                 ms, rounds, usage = time_configuration(runners, warm_up(runners, 1), plan)
             us = {name: t * 1e3 / plan.stream_steps for name, t in ms.items()}
-            rows.append({"cell": f"{cell}Cell", "B": 1, "H": STREAM_HIDDEN, "threads": threads,
+            rows.append({"cell": name, "B": 1, "H": STREAM_HIDDEN, "threads": threads,
                          "steps_per_round": plan.stream_steps, "torch_us": us["torch"], "cpu_us": us["cpu"],
                          "reference_us": us.get("reference"), "ratio": us["torch"] / us["cpu"], "rounds": rounds,
                          **usage, **gate})
@@ -692,7 +716,7 @@ def print_report(results: dict, ceiling: dict) -> None:
          "busy with other processes meanwhile (! > 0.3: the row competed for the CPUs); iqr t/c = interquartile "
          "range / median of the torch.nn and cpu samples"),
          "layers", lambda: format_layers(results["layers"], ceiling)),
-        ("Streaming single-step inference (B=1, H=128, no_grad): median microseconds per cell call",
+        ("Streaming single-step inference (B=1, H=128, no_grad): median microseconds per cell call, or per layer call at T=1",
          "streaming", lambda: format_streaming(results["streaming"])),
         (("Packed batch (T=100, B=16, H=256, lengths over [50, 100]) vs the same batch padded to T: median ms; "
          "pack/pad <= 1: packing pays"), "packed", lambda: format_packed(results["packed"])),

@@ -22,6 +22,10 @@ faster, and the choice is written to disk, like Triton's autotuner, so later pro
 - Never timed: under torch.compile or export tracing, torch.func transforms, jit.trace and ONNX export
   (those run "cpu", one fixed operator); with RNNKIT_TUNE=0 (then "cpu" always, the old behaviour).
 
+- Whole stack against torch's: a padded float32 call without projection (any mode) is also timed as a whole
+  stack, rnnkit's engine against torch's own implementation (torch.lstm, torch.gru, torch.rnn_*), on its
+  first steps without dropout (`stack_is_torch`); where torch's is faster (short calls, where rnnkit's
+  Python per call outweighs the work: a decoder calling the layer one step at a time) the layer runs it.
 - Whole stack: once every layer of a call was timed and oneDNN won each, the layer runs all its layers
   and directions in one torch.lstm call, exactly as torch.nn.LSTM does (aten.run_stack): no operator
   dispatch per layer between the caller and the kernel, whose overhead alone made "auto" slower than
