@@ -176,8 +176,24 @@ def tracing() -> bool:
 
 
 def shape_class(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:
-    t = 1 << max(0, (steps - 1).bit_length())
-    return f"{mode}|{'train' if train else 'infer'}|T{t}|B{batch}|I{inp}|H{hidden}|thr{torch.get_num_threads()}"
+    return _class_key(mode, train, 1 << max(0, (steps - 1).bit_length()), batch, inp, hidden,
+                      torch.get_num_threads())
+
+
+@lru_cache(maxsize=4096)  # every layer call asks, often with the same shapes: a decoder's step
+def _class_key(mode: str, train: bool, t: int, batch: int, inp: int, hidden: int, threads: int) -> str:
+    return f"{mode}|{'train' if train else 'infer'}|T{t}|B{batch}|I{inp}|H{hidden}|thr{threads}"
+
+
+def stack_key(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int, layers: int,
+              directions: int) -> str:
+    """The cache key of a whole-stack timing (stack_is_torch)."""
+    return _stack_key(shape_class(mode, train, steps, batch, inp, hidden), layers, directions)
+
+
+@lru_cache(maxsize=4096)
+def _stack_key(layer_class: str, layers: int, directions: int) -> str:
+    return f"stack|{layer_class}|L{layers}|D{directions}"
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:
@@ -263,13 +279,8 @@ def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, 
                 start = time.perf_counter()
                 run()
                 best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
-        s1, s2 = lengths[0], lengths[-1]
-        predicted = {}
-        for name in engines:
-            c1, c2 = best[(name, s1)], best[(name, s2)]
-            per_step = (c2 - c1) / (s2 - s1) if s2 > s1 else c2 / s2
-            predicted[name] = max(c2 + per_step * (steps_total(x, batch) - s2), 1e-6)
-        if steps > s2 and sum(predicted.values()) <= CAL_FULL_S * 1e3:
+        predicted = extrapolated(best, lengths, steps_total(x, batch))
+        if steps > lengths[-1] and sum(predicted.values()) <= CAL_FULL_S * 1e3:
             # short enough to time as it is: a line through short slices misses costs that change with N (the
             # products over all steps switch library at ONEDNN_MIN_MACS; at T=100, B=1, H=128 the line
             # predicted the CPU engine 3% slower than oneDNN where it ran 25% slower)
@@ -277,6 +288,18 @@ def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, 
     engine = "cpu" if predicted["cpu"] < MARGIN * predicted["aten"] else "aten"
     return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
             "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}, "rounds": rounds}
+
+
+def extrapolated(best: dict, lengths: list[int], steps: int) -> dict[str, float]:
+    """Each candidate's ms at `steps` steps from its best ms at the two timed lengths: the line through them (a
+    cost per call plus a cost per step)."""
+    s1, s2 = lengths[0], lengths[-1]
+    predicted = {}
+    for name in {k[0] for k in best}:
+        c1, c2 = best[(name, s1)], best[(name, s2)]
+        per_step = (c2 - c1) / (s2 - s1) if s2 > s1 else c2 / s2
+        predicted[name] = max(c2 + per_step * (steps - s2), 1e-6)
+    return predicted
 
 
 def time_whole_calls(runs: dict) -> dict[str, float]:
@@ -312,7 +335,7 @@ def stack_is_torch(mode: str, train: bool, steps: int, batch: int, inputs: list[
     strategy "cpu" or "aten" (forward, and backward when training)."""
     if not enabled() or tracing():
         return False
-    key = "stack|" + shape_class(mode, train, steps, batch, inputs[0], hidden) + f"|L{len(inputs)}|D{directions}"
+    key = stack_key(mode, train, steps, batch, inputs[0], hidden, len(inputs), directions)
     entry = _table.get(key) if _table is not None else None
     if entry is None:
         with _lock:
@@ -338,12 +361,7 @@ def time_stacks(runners, steps: int) -> dict:
             start = time.perf_counter()
             run()
             best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
-    s1, s2 = lengths[0], lengths[-1]
-    predicted = {}
-    for name in ("cpu", "aten"):
-        c1, c2 = best[(name, s1)], best[(name, s2)]
-        per_step = (c2 - c1) / (s2 - s1) if s2 > s1 else c2 / s2
-        predicted[name] = max(c2 + per_step * (steps - s2), 1e-6)
+    predicted = extrapolated(best, lengths, steps)
     engine = "cpu" if predicted["cpu"] < MARGIN * predicted["aten"] else "aten"
     return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
             "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}}
