@@ -338,3 +338,16 @@ def test_stack_timing_runs_once_per_class_and_leaves_the_random_stream_alone(own
     assert torch.equal(torch.rand(1), after_first)  # the timed call drew exactly what the untimed one did
     assert seen == [3]
     assert any(k.startswith("stack|GRU|train|T4|B2|I3|H4") for k in entries(tune.cache_path()))
+
+
+def test_large_calls_are_not_timed_as_a_whole_stack(own_cache, monkeypatch):
+    """Above STACK_TIMING_MAX_MACS Python per call cannot matter: no whole-stack timing, rnnkit's engine runs."""
+    from rnnkit.nn import layers
+
+    monkeypatch.setattr(layers, "STACK_TIMING_MAX_MACS", 0)
+    monkeypatch.setattr(tune, "time_stacks", lambda *a, **k: pytest.fail("a whole-stack timing ran"))
+    monkeypatch.setattr(aten, "run_stack", lambda *a, **k: pytest.fail("torch's stack ran"))
+    gru, ref = rnnkit.GRU(3, 4), rnnkit.GRU(3, 4, engine="reference")
+    ref.load_state_dict(gru.state_dict())
+    x = torch.randn(5, 2, 3)
+    assert_close(gru(x)[0], ref(x)[0], "output", "GRU output")

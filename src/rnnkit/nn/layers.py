@@ -32,6 +32,10 @@ from .. import engines
 from . import checks, options
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+# Above this many multiply-adds a call's arithmetic takes milliseconds on any CPU, so rnnkit's Python per
+# call (~0.05 ms) cannot decide between its engine and torch's whole stack, and timing the two would cost
+# seconds once per shape class for nothing (and a slice of a large call can call a tie the wrong way)
+STACK_TIMING_MAX_MACS = 1 << 30
 
 
 class Rows(NamedTuple):
@@ -294,6 +298,10 @@ class RecurrentLayer(nn.Module):
         if self.mode == "LSTM" and engines.tune.whole_stack_is_aten("LSTM", train, steps, rows.batch, inputs,
                                                                       self.hidden_size):
             return True
+        gates = GATES[self.mode] * self.hidden_size
+        macs = data.shape[0] * gates * sum(i + self.hidden_size for i in inputs) * self.num_directions
+        if macs > STACK_TIMING_MAX_MACS:  # Python per call cannot matter: the per-layer choice stands, untimed
+            return False
         return engines.tune.stack_is_torch(self.mode, train, steps, rows.batch, inputs, self.hidden_size,
                                            self.num_directions, partial(self.stack_runner, rows, h0, c0, weights, train))
 
