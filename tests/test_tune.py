@@ -351,3 +351,17 @@ def test_large_calls_are_not_timed_as_a_whole_stack(own_cache, monkeypatch):
     ref.load_state_dict(gru.state_dict())
     x = torch.randn(5, 2, 3)
     assert_close(gru(x)[0], ref(x)[0], "output", "GRU output")
+
+
+def test_no_timing_in_a_distributed_job(monkeypatch):
+    """Ranks must run the same arithmetic: in a job of more than one process auto runs the CPU engine untimed."""
+    monkeypatch.delenv("RNNKIT_TUNE", raising=False)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    assert not tune.enabled()
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: pytest.fail("timed in a distributed job"))
+    monkeypatch.setattr(tune, "time_stacks", lambda *a, **k: pytest.fail("timed in a distributed job"))
+    auto, ref = lstm_pair()
+    check_against_reference(auto, ref, torch.randn(6, 2, 3))
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 1)
+    assert tune.enabled()

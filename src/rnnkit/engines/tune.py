@@ -20,7 +20,8 @@ faster, and the choice is written to disk, like Triton's autotuner, so later pro
   counts as empty; an unwritable folder keeps choices in this process only. Two processes
   calibrating at once each use their own measurement, and the last rename wins.
 - Never timed: under torch.compile or export tracing, torch.func transforms, jit.trace and ONNX export
-  (those run "cpu", one fixed operator); with RNNKIT_TUNE=0 (then "cpu" always, the old behaviour).
+  (those run "cpu", one fixed operator); with RNNKIT_TUNE=0 (then "cpu" always, the old behaviour); in a
+  torch.distributed job of more than one process (ranks must agree; "cpu" always).
 
 - Whole stack against torch's: a padded float32 call without projection (any mode) is also timed as a whole
   stack, rnnkit's engine against torch's own implementation (torch.lstm, torch.gru, torch.rnn_*), on its
@@ -166,7 +167,13 @@ def forget() -> None:
 
 
 def enabled() -> bool:
-    return os.environ.get("RNNKIT_TUNE", "1") != "0"
+    """Whether auto may choose by timing here: not with RNNKIT_TUNE=0, and not in a distributed job of more than
+    one process, whose ranks must run the same arithmetic (each rank timing for itself could choose differently,
+    near a tie, and a resumed job differently again: a killed DDP run then resumed to other weights)."""
+    if os.environ.get("RNNKIT_TUNE", "1") == "0":
+        return False
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
 def tracing() -> bool:
