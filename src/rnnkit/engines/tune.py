@@ -268,33 +268,43 @@ def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, 
                         cpu.infer(*args)
                     return
                 out, _, _, saved = engine.forward(*args)
-                if train:
-                    engine.backward(*args, out, saved, d_out, d_h, d_c, True)
+                engine.backward(*args, out, saved, d_out, d_h, d_c, True)
             return run
 
         runs = {(name, n): runner(engine, n) for name, engine in engines.items() for n in lengths}
-        cost = {}
-        for _ in range(2):  # untimed: the first calls compile (Numba) and fill caches; the second estimates cost
-            for key, run in runs.items():
-                start = time.perf_counter()
-                run()
-                cost[key] = time.perf_counter() - start
-        rounds = max(1, min(CAL_ROUNDS_MAX, round(CAL_BUDGET_S / max(sum(cost.values()), 1e-6))))
-        best = dict.fromkeys(runs, float("inf"))
-        for _ in range(rounds):
-            for key, run in runs.items():
-                start = time.perf_counter()
-                run()
-                best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
+        best_ms(runs, 1)  # untimed: the first calls compile (Numba) and fill caches
+        rounds = budgeted_rounds(best_ms(runs, 1), CAL_ROUNDS_MAX)  # the second estimates the cost of a round
+        best = best_ms(runs, rounds)
         predicted = extrapolated(best, lengths, steps_total(x, batch))
         if steps > lengths[-1] and sum(predicted.values()) <= CAL_FULL_S * 1e3:
             # short enough to time as it is: a line through short slices misses costs that change with N (the
             # products over all steps switch library at ONEDNN_MIN_MACS; at T=100, B=1, H=128 the line
             # predicted the CPU engine 3% slower than oneDNN where it ran 25% slower)
             predicted = time_whole_calls({name: runner(engine, steps) for name, engine in engines.items()})
+    return {**verdict(predicted, best), "rounds": rounds}
+
+
+def best_ms(runs: dict, rounds: int) -> dict:
+    """Each runner's best time in ms over `rounds` rounds, the runners taking turns within a round."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
+    return best
+
+
+def budgeted_rounds(round_ms: dict, most: int) -> int:
+    """Rounds that fit CAL_BUDGET_S, given one round's times: at least one, at most `most`."""
+    return max(1, min(most, round(CAL_BUDGET_S * 1e3 / max(sum(round_ms.values()), 1e-3))))
+
+
+def verdict(predicted: dict, best: dict) -> dict:
+    """The cache entry for a timing: "cpu" only where clearly faster (a tie runs torch's own kernel)."""
     engine = "cpu" if predicted["cpu"] < MARGIN * predicted["aten"] else "aten"
     return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
-            "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}, "rounds": rounds}
+            "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}}
 
 
 def extrapolated(best: dict, lengths: list[int], steps: int) -> dict[str, float]:
@@ -311,15 +321,8 @@ def extrapolated(best: dict, lengths: list[int], steps: int) -> dict[str, float]
 
 def time_whole_calls(runs: dict) -> dict[str, float]:
     """Best ms of each whole-call runner over a few alternating rounds, after one untimed round."""
-    for run in runs.values():
-        run()
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(CAL_ROUNDS_MAX // 2):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], (time.perf_counter() - start) * 1e3)
-    return best
+    best_ms(runs, 1)
+    return best_ms(runs, CAL_ROUNDS_MAX // 2)
 
 
 def whole_stack_is_aten(mode: str, train: bool, steps: int, batch: int, inputs: list[int], hidden: int) -> bool:
@@ -358,20 +361,9 @@ def time_stacks(runners, steps: int) -> dict:
     """Both strategies on the call's first steps (all of a short call), extrapolated like `calibrate`."""
     lengths = sorted({min(steps, CAL_STEPS // 4), min(steps, CAL_STEPS)})
     runs = {(name, n): runners(name, n) for name in ("cpu", "aten") for n in lengths}
-    start = time.perf_counter()
-    for run in runs.values():  # untimed: compiles and fills caches
-        run()
-    round_s = time.perf_counter() - start
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(max(1, min(CAL_ROUNDS_MAX // 2, round(CAL_BUDGET_S / max(round_s, 1e-6))))):
-        for key, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
-    predicted = extrapolated(best, lengths, steps)
-    engine = "cpu" if predicted["cpu"] < MARGIN * predicted["aten"] else "aten"
-    return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
-            "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}}
+    untimed = best_ms(runs, 1)  # compiles and fills caches; its times bound the rounds
+    best = best_ms(runs, budgeted_rounds(untimed, CAL_ROUNDS_MAX // 2))
+    return verdict(extrapolated(best, lengths, steps), best)
 
 
 def chosen(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:
