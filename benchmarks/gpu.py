@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -206,6 +207,73 @@ def part_check(quick: bool, strategies: tuple[str, ...], save) -> list[dict]:
             rows.append({"case": case[0], "who": "case", "error": failure(e), "ok": False})
             print(f"  FAIL {case[0]:34s} {rows[-1]['error']}", flush=True)
         save(rows)
+    return rows
+
+
+# ---------------------------------------------------------------- part: determinism
+
+REPEATS = 10  # runs of the same call whose results must be bit-identical
+
+
+def identical_runs(make_results, repeats: int = REPEATS) -> tuple[bool, int]:
+    """(every run bit-identical to the first, how many results each run has): NaN counts as differing."""
+    first = make_results()
+    same = True
+    for _ in range(repeats - 1):
+        again = make_results()
+        same &= all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    return same, len(first)
+
+
+def determinism_case(label: str, cell: str, steps: int, batch: int, hidden: int, packed: bool, proj: int,
+                     dtype, strategies: tuple[str, ...]) -> list[dict]:
+    """REPEATS runs of outputs and every gradient, per strategy: plain, then under
+    torch.use_deterministic_algorithms(True) (which must neither raise nor change a bit); cuDNN beside it."""
+    x = make_input(steps, batch, hidden, dtype, packed)
+    name = str(dtype).removeprefix("torch.")
+    rows = []
+    for who in (*strategies, "cudnn"):
+        module = build(cell, hidden, hidden, dtype, None if who == "cudnn" else "triton", proj)
+        run = lambda: outputs_and_grads(module, x)  # noqa: E731
+        run = run if who == "cudnn" else under(who, run)
+        row = {"case": label, "dtype": name, "who": who if who == "cudnn" else f"triton {who}"}
+        try:
+            row["identical"], row["results"] = identical_runs(run)
+        except Exception as e:  # noqa: BLE001
+            row["identical"], row["error"] = False, failure(e)
+        try:
+            baseline = run()
+            torch.use_deterministic_algorithms(True)
+            row["deterministic_mode_identical"], _ = identical_runs(run)
+            row["deterministic_mode_equals_default"] = all(
+                torch.equal(a, b) for a, b in zip(baseline, run(), strict=True))
+        except Exception as e:  # noqa: BLE001  (an op without a deterministic implementation raises)
+            row["deterministic_mode_error"] = failure(e)
+        finally:
+            torch.use_deterministic_algorithms(False)
+        rows.append(row)
+        det = row.get("deterministic_mode_error") or (
+            f"identical {row['deterministic_mode_identical']}, equals default "
+            f"{row['deterministic_mode_equals_default']}")
+        print(f"  {label:30s} {name:9s} {row['who']:18s} {REPEATS} runs identical: "
+              f"{row.get('error') or row['identical']} | use_deterministic_algorithms: {det}", flush=True)
+    return rows
+
+
+def part_determinism(quick: bool, strategies: tuple[str, ...], save) -> list[dict]:
+    """Bit-identical outputs and gradients across REPEATS runs, each strategy, float32 and bfloat16.
+
+    torch.use_deterministic_algorithms(True) needs CUBLAS_WORKSPACE_CONFIG=:4096:8 (or :16:8) in the
+    environment before CUDA starts, or cuBLAS raises: main() sets it when this part is asked for."""
+    cases = [("LSTM T100 B16 H256 padded", "LSTM", 100, 16, 256, False, 0),
+             ("GRU T100 B64 H512 packed", "GRU", 100, 64, 512, True, 0),
+             ("RNN_TANH T50 B8 H128 packed", "RNN", 50, 8, 128, True, 0),
+             ("LSTM proj64 T50 B8 H128 packed", "LSTM", 50, 8, 128, True, 64)]
+    rows = []
+    for case in cases[:1] if quick else cases:
+        for dtype in (torch.float32, torch.bfloat16):
+            rows += determinism_case(*case, dtype, strategies)
+            save(rows)
     return rows
 
 
@@ -445,7 +513,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=360.0, help="seconds after which remaining rows are skipped")
     p.add_argument("--quick", action="store_true", help="smoke run: two checks, B in {1, 64}, H=256, bfloat16")
     p.add_argument("--parts", default="check,layers,packed",
-                   help="comma-separated parts to run, of check, layers, packed (default: all three)")
+                   help="comma-separated parts to run, of check, layers, packed, determinism, tune "
+                        "(default: the first three)")
     p.add_argument("--no-persistent", action="store_true",
                    help="stepwise strategy only (for a GPU where the persistent kernel's barrier fails)")
     p.add_argument("--persistent-from", type=Path, metavar="CHECK_JSON",
@@ -454,8 +523,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
     args.parts = tuple(args.parts.split(","))
-    if unknown := set(args.parts) - {"check", "layers", "packed", "tune"}:
-        p.error(f"--parts takes check, layers, packed and tune, got {', '.join(sorted(unknown))}")
+    if unknown := set(args.parts) - {"check", "layers", "packed", "tune", "determinism"}:
+        p.error(f"--parts takes check, layers, packed, tune and determinism, got {', '.join(sorted(unknown))}")
     if args.persistent_from is not None and (why := persistent_broken(args.persistent_from)):
         print(f"persistent strategy off: {why}", flush=True)
         args.no_persistent = True
@@ -479,6 +548,8 @@ def persistent_broken(path: Path) -> str | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if "determinism" in args.parts:  # before cuBLAS starts: its deterministic mode needs a fixed workspace
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if not torch.cuda.is_available():
         print("benchmarks/gpu.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -499,7 +570,7 @@ def main(argv=None) -> int:
     payload = {"machine": info, "quick": args.quick, "tf32": False, "complete": False, "parts": list(args.parts),
                "heuristic": {"PERSISTENT_MAX_BATCH": tri.PERSISTENT_MAX_BATCH,
                              "RESIDENT_MAX_BYTES": tri.RESIDENT_MAX_BYTES, "CUDA_GRAPHS": tri.CUDA_GRAPHS},
-               "check": [], "layers": [], "packed": []}
+               "check": [], "layers": [], "packed": [], "determinism": []}
     print(f"GPU: {props.name}, {props.multi_processor_count} SMs | torch {torch.__version__} | CUDA {torch.version.cuda} "
           f"| cuDNN {info['cudnn']} | triton {triton.__version__} | {info['date']}", flush=True)
     start = time.perf_counter()
@@ -514,6 +585,11 @@ def main(argv=None) -> int:
         print("\ncorrectness (relative error against torch.nn in float64; bound 1e-3 float32, 1e-2 bfloat16)")
         strategies = ("stepwise",) if args.no_persistent else ("persistent", "stepwise")
         save(part_check(args.quick, strategies, save))
+
+    if "determinism" in args.parts:
+        print(f"\ndeterminism ({REPEATS} runs of outputs and every gradient, bit for bit)", flush=True)
+        strategies = ("stepwise",) if args.no_persistent else ("persistent", "stepwise")
+        save(part_determinism(args.quick, strategies, lambda rows: save(rows, "determinism")), "determinism")
 
     if "tune" in args.parts:
         print("\nvariants (strategy, reduction tile K, W_hh resident or not; median ms)", flush=True)
@@ -567,6 +643,13 @@ def main(argv=None) -> int:
     print("\n".join("  " + t for t in payload["targets"]))
     if tri.graph_error is not None:
         print(f"\nWARNING: CUDA graph capture failed ({tri.graph_error}); stepwise rows launched every step")
+    if payload["determinism"]:
+        varied = [f"{r['case']} {r['dtype']} {r['who']}" for r in payload["determinism"]
+                  if r["who"] != "cudnn" and not (r["identical"] and r.get("deterministic_mode_identical"))]
+        cudnn = [r for r in payload["determinism"] if r["who"] == "cudnn"]
+        print(f"\ndeterminism: the Triton engine bit-identical in {len(payload['determinism']) - len(cudnn) - len(varied)}"
+              f" of {len(payload['determinism']) - len(cudnn)} cases" + (f"; NOT in {'; '.join(varied)}" if varied else "")
+              + f"; cuDNN identical in {sum(r['identical'] for r in cudnn)} of {len(cudnn)}")
     failed = [r for r in payload["check"] if not r["ok"]]
     print(f"\ncorrectness: {len(payload['check']) - len(failed)} of {len(payload['check'])} checks passed")
     print(f"total {payload['elapsed_s']:.0f} s; wrote {args.out}")
