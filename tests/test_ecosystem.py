@@ -387,6 +387,29 @@ def test_autocast_cpu_matches_torch(case, input_dtype, engine):
 
 
 @pytest.mark.parametrize("engine", ["auto", *ENGINES])
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
+def test_autocast_state_carried_in_the_low_dtype(name, engine):
+    """A language model carries the state of one call into the next: under autocast that state is bfloat16
+    and the next input (an embedding's output) float32. torch.nn casts both; so must rnnkit, with torch.nn's
+    output dtype and values (found on a GPU: `rnnkit train lm --amp bf16` raised a dtype mismatch)."""
+    torch.manual_seed(14)
+    ours = getattr(rnnkit, name)(I, H, engine=engine)
+    theirs = getattr(torch.nn, name)(I, H)
+    theirs.load_state_dict(ours.state_dict())
+    cell = name.endswith("Cell")
+    x = torch.randn((B, I) if cell else (T, B, I))
+    h = torch.randn((B, H) if cell else (1, B, H)).to(torch.bfloat16)
+    hx = (h, h.clone()) if name.startswith("LSTM") else h
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = ours(x, hx), theirs(x, hx)
+    got, expected = (got, expected) if cell else (outputs(got), outputs(expected))
+    got, expected = (got, expected) if isinstance(got, tuple) else ((got,), (expected,))
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype, f"{name} on {engine}: rnnkit returns {a.dtype}, torch.nn {b.dtype}"
+        assert_close(a.to(torch.bfloat16), b.to(torch.bfloat16), "output", name)
+
+
+@pytest.mark.parametrize("engine", ["auto", *ENGINES])
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16], ids=["f32_input", "bf16_input"])
 @pytest.mark.parametrize("family", ["RNNCell", "LSTMCell", "GRUCell"])
 def test_autocast_cpu_cells_match_torch(family, input_dtype, engine):

@@ -156,6 +156,20 @@ def test_the_input_projection_and_its_gradients_equal_f_linear(bias):
 
 
 @pytest.mark.parametrize("kind", LAYERS)
+def test_autocast_takes_a_state_carried_in_the_low_dtype(kind):
+    """A state from an earlier call under autocast may be bfloat16: it is cast to the input's dtype, as the
+    stock layers cast it to theirs, and the result equals the call given that state in float32."""
+    layer, x = make(kind), torch.randn(5, 2, 3)
+    _, state = layer(x)
+    low = tuple(s.to(torch.bfloat16) for s in state) if isinstance(state, tuple) else state.to(torch.bfloat16)
+    high = tuple(s.float() for s in low) if isinstance(low, tuple) else low.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x, low)[0]
+    assert out.dtype == torch.float32
+    assert_close(out, layer(x, high)[0])
+
+
+@pytest.mark.parametrize("kind", LAYERS)
 def test_autocast_runs_them_in_the_input_dtype(kind):
     """Autocast has no policy for these cells: they run in the input's dtype (as torch.nn's GRU on CPU), never
     half of their ops in bfloat16."""

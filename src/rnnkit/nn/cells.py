@@ -103,7 +103,8 @@ class RecurrentCell(nn.Module):
             checks.cell_call(type(self).__name__, input, states, self.input_size, hidden, self.weight_ih)
         want = (input.shape[0], hidden) if dims == 2 else (hidden,)  # each state's shape
         for s in states:
-            if s is not None and (not isinstance(s, Tensor) or s.shape != want or s.dtype != input.dtype):
+            if s is not None and (not isinstance(s, Tensor) or s.shape != want or (
+                    s.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type))):
                 checks.cell_call(type(self).__name__, input, states, self.input_size, hidden, self.weight_ih)
         x = input if dims == 2 else input.unsqueeze(0)  # (B, I)
         zeros = None
@@ -145,7 +146,8 @@ class RecurrentCell(nn.Module):
         dtype = self.weight_ih.dtype
         if torch.is_autocast_enabled(x.device.type):  # the dtype torch's cell operators compute in there
             low = torch.get_autocast_dtype(x.device.type)
-            dtype = low if self.mode.startswith("RNN") or x.dtype == low else dtype
+            low_in = x.dtype == low or any(s.dtype == low for s in full)  # torch's cell then returns low
+            dtype = low if self.mode.startswith("RNN") or low_in else dtype
         weights = [None if w is None else w.to(dtype) for w in (self.weight_ih, self.weight_hh, self.bias_ih,
                                                                  self.bias_hh)]
         x, full = x.to(dtype), [s.to(dtype) for s in full]

@@ -219,7 +219,7 @@ def cell_call(name: str, input, states: tuple, input_size: int, hidden_size: int
                                f"{hidden_size} ({what})")
     input_matches_weights(name, input, weight, input_size, dtype_error=RuntimeError)
     for k, s in enumerate(states):
-        if s is not None and s.dtype != input.dtype:
+        if s is not None and s.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
             raise RuntimeError(f"{name}: {STATE_NAMES[k]} dtype ({s.dtype}) does not match input dtype "
                                f"({input.dtype})")
         if s is not None and s.device != input.device:

@@ -82,20 +82,31 @@ def masked_layer(lengths: Tensor, mode: str, x: Tensor, batch_sizes, h0, c0, w_i
     return scan_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, lengths=lengths)
 
 
-def autocast_dtype(mode: str, device_type: str, input) -> torch.dtype | None:
+def autocast_dtype(mode: str, device_type: str, input, hx=None) -> torch.dtype | None:
     """The dtype torch.nn's layer computes in under torch.autocast, or None when autocast is off here.
 
     On CUDA, torch.nn runs every mode in the autocast dtype (cuDNN's RNN is on autocast's list). On CPU,
     LSTM and RNN run in it and return it; GRU is not on the list: it stays in float32 for a float32
-    input (and runs in the low dtype when the input already is).
+    input and float32 state (and runs in the low dtype when the input or the state already is).
     """
     if not torch.is_autocast_enabled(device_type):
         return None
     low = torch.get_autocast_dtype(device_type)
     data = input.data if isinstance(input, PackedSequence) else input
-    if device_type == "cpu" and mode == "GRU" and data.dtype != low:
+    if device_type == "cpu" and mode == "GRU" and data.dtype != low and getattr(hx, "dtype", None) != low:
         return None
     return low
+
+
+def cast_states(hx, dtype: torch.dtype):
+    """hx (a state, a tuple of states or None) with every tensor in `dtype`: under autocast torch.nn casts the
+    states with the input, so a state carried from an earlier call (already in the low dtype) meets a float32
+    input there. Anything not a tensor passes through, for the checks to name."""
+    if isinstance(hx, Tensor):
+        return hx.to(dtype)
+    if isinstance(hx, (tuple, list)):
+        return tuple(s.to(dtype) if isinstance(s, Tensor) else s for s in hx)
+    return hx
 
 
 @lru_cache(maxsize=None)
@@ -259,14 +270,16 @@ class RecurrentLayer(nn.Module):
             from .variants import variant_forward
             return variant_forward(self, family, input, hx, lengths)
         rows, form = self.to_rows(input, lengths)
-        h0, c0 = self.initial_states(hx, rows.data, rows.batch, form.unbatched, rows.packed)
+        low = autocast_dtype(self.mode, rows.data.device.type, input, hx)
+        states = hx
+        if low is not None:  # what torch.nn computes in under autocast: the input and the states cast alike
+            rows = rows._replace(data=rows.data.to(low))
+            states = cast_states(hx, low)
+        h0, c0 = self.initial_states(states, rows.data, rows.batch, form.unbatched, rows.packed)
         weights = self.layer_weights()
         if self.weight_drop > 0 and self.training:  # DropConnect alone: torch.nn's cell on the dropped W_hh
             weights = [[(w_ih, options.dropped(self, w_hh), *rest) for w_ih, w_hh, *rest in layer] for layer in weights]
-        low = autocast_dtype(self.mode, rows.data.device.type, input)
-        if low is not None:  # what torch.nn computes in under autocast; gradients reach the parameters through the casts
-            rows = rows._replace(data=rows.data.to(low))
-            h0, c0 = h0.to(low), None if c0 is None else c0.to(low)
+        if low is not None:  # gradients reach the parameters through the casts
             weights = [[tuple(None if w is None else w.to(low) for w in ws) for ws in layer] for layer in weights]
         run_layer = engines.select(self.engine, rows.data)
         if form.export_lengths is not None:

@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import engines
 from ..engines import variant_ops
 from . import checks
-from .layers import RecurrentLayer, Rows
+from .layers import RecurrentLayer, Rows, cast_states
 
 
 def variant_forward(layer: RecurrentLayer, family: str, input, hx, lengths):
@@ -45,11 +45,11 @@ def variant_forward(layer: RecurrentLayer, family: str, input, hx, lengths):
 
     Under torch.autocast these cells run in the input's dtype, as torch.nn's GRU does on CPU (autocast has
     no policy for them, and casting half of their ops, the products but not the layer norms, would mix
-    dtypes at the operator): the output has the input's dtype."""
+    dtypes at the operator): the output has the input's dtype, and so do the states they start from."""
     data = input.data if isinstance(input, PackedSequence) else input
     if isinstance(data, Tensor) and torch.is_autocast_enabled(data.device.type):
-        with torch.autocast(data.device.type, enabled=False):
-            return variant_forward(layer, family, input, hx, lengths)
+        with torch.autocast(data.device.type, enabled=False):  # states carried from a low-dtype call: the input's
+            return variant_forward(layer, family, input, cast_states(hx, data.dtype), lengths)
     name = type(layer).__name__
     rows, form = layer.to_rows(input, lengths)
     if form.export_lengths is not None:
