@@ -36,6 +36,7 @@ Usage (repository root, no install needed):
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 import traceback
@@ -109,9 +110,10 @@ def check_one(label: str, cls, kwargs: dict, train: bool, dtype) -> dict:
     kit = cls(I, H, num_layers=2, bidirectional=True, engine="triton", **kwargs).to(DEVICE, dtype)
     ref_dtype = torch.float32 if train else torch.float64
     ref = cls(I, H, num_layers=2, bidirectional=True, engine="reference", **kwargs).to(DEVICE, ref_dtype)
-    with torch.no_grad():  # nonzero layer-norm biases and peepholes, so that their gradients matter
-        for p in kit.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    with torch.no_grad():  # layer-norm gains off 1, biases and peepholes off 0, so that every gradient matters
+        for name, p in kit.named_parameters():  # (not torch.nn's weights: larger ones make the recurrence chaotic,
+            if name.startswith(("ln_", "peephole")):  # and its error in bfloat16 a measure of that chaos)
+                p.add_(0.1 * torch.randn_like(p))
     ref.load_state_dict(kit.state_dict())
     kit.train(train)
     ref.train(train)
@@ -184,9 +186,10 @@ def ln_row(kind: str, shape, dtype, rounds: int) -> dict:
     if kind != "all-options":
         fancy.eval()  # nothing random; the unfused loop is the same function
         runners["unfused"] = train_runner(lambda v: ln_unfused(fancy, v), list(fancy.parameters()), x, g)
-        err = relative_error(fancy(x)[0], ln_unfused(fancy, x))
+        wide = copy.deepcopy(fancy).float()  # the unfused loop in float32: its own bfloat16 error is not ours
+        err = relative_error(fancy(x)[0], ln_unfused(wide, x.float()))
         if not err <= 10 * BOUND[dtype]:
-            raise AssertionError(f"fused and unfused outputs differ: relative error {err:.3g}")
+            raise AssertionError(f"fused and unfused (float32) outputs differ: relative error {err:.3g}")
     ms = time_alternating(runners, warmup=2, rounds=rounds)
     row = {"kind": kind, "T": T, "B": B, "H": H, "dtype": str(dtype).removeprefix("torch."), "ms": ms,
            "cost_vs_plain": ms["fused"] / ms["plain"], "cost_vs_cudnn": ms["fused"] / ms["cudnn"]}

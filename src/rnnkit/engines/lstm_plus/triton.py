@@ -24,7 +24,9 @@ from ...cells import lstm_plus as cell
 from .. import triton as stock
 
 BLOCK_B = 16  # rows per program: tl.dot needs at least 16
-BLOCK_K = 32  # reduction tile of the recurrent products
+BLOCK_K = 32  # reduction tile of the recurrent products (16 above BLOCK_H = 1024: see tiles)
+MAX_HIDDEN = 2048  # a program holds whole rows: beyond this its W_hh tiles no longer fit in shared memory
+SHARED_LIMIT = 232448  # bytes of shared memory a block may have on an H100/H200 (sm_90)
 
 
 def why_not(x: Tensor) -> str | None:
@@ -63,10 +65,19 @@ def num_warps(block_h: int) -> int:
 
 
 def tiles(hidden: int, x: Tensor) -> dict:
+    """The launch's tiles. One software-pipelining stage (num_stages=1): the forward's K loop stages four
+    BLOCK_K x BLOCK_H tiles of W_hh in shared memory, and Triton's default of 3 stages needed 278 KB at
+    BLOCK_H = 256 in float32 (over the 227 KB a block may have; it failed so on an H200, 2026-11-30). With one
+    stage, ptxas for sm_90 reports at most 133 KB up to BLOCK_H = 1024 with BLOCK_K = 32, and 132 KB at 2048
+    with BLOCK_K = 16 (tests/test_lstm_plus.py compiles each)."""
+    if hidden > MAX_HIDDEN:
+        raise ValueError(f"the Triton engine's lstm_plus kernels take hidden_size up to {MAX_HIDDEN} (a program holds "
+                         f"whole rows), got {hidden}; use engine='reference' on the GPU for larger layers")
     interpreted = kernels().INTERPRETED
     block_h = stock.pow2(hidden)
     return dict(PRECISION=stock.precision(x), UPCAST=interpreted and x.dtype != torch.float32, BLOCK_B=BLOCK_B,
-                BLOCK_H=block_h, BLOCK_K=BLOCK_K, num_warps=num_warps(block_h))
+                BLOCK_H=block_h, BLOCK_K=BLOCK_K if block_h <= 1024 else 16, num_warps=num_warps(block_h),
+                num_stages=1)
 
 
 def forward(config: str, xp: Tensor, batch_sizes, states: list[Tensor], params: list[Tensor], masks: list[Tensor],
