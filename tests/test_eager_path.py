@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import rnnkit
 from rnnkit.engines import aten, ops
+from rnnkit.testing import assert_close
 
 CASES = {"rnn": ("RNN", {}), "lstm": ("LSTM", {}), "gru": ("GRU", {}), "lstm_proj": ("LSTM", {"proj_size": 2}),
          "lstm_2layers_bidir": ("LSTM", {"num_layers": 2, "bidirectional": True})}
@@ -119,3 +120,98 @@ def test_flop_counter_sees_the_operator():
     with FlopCounterMode(display=False), seen:
         layer(x, states)
     assert "rnnkit.cpu_forward.default" in seen.names
+
+
+# ---------------------------------------------------------------- the quick lane of repeated no-grad calls
+
+QUICK = {"rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}), "lstm": ("LSTM", {}),
+         "gru": ("GRU", {}), "gru_2layers_bidir": ("GRU", {"num_layers": 2, "bidirectional": True}),
+         "lstm_2layers_bidir": ("LSTM", {"num_layers": 2, "bidirectional": True})}
+
+
+def quick_layer(case: str, engine: str):
+    name, kw = QUICK[case]
+    torch.manual_seed(21)
+    ours, theirs = getattr(rnnkit, name)(5, 7, engine=engine, **kw), getattr(torch.nn, name)(5, 7, **kw)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def states(case: str, batch: int):
+    layers = 2 * 2 if "2layers" in case else 1
+    h = torch.randn(layers, batch, 7)
+    return (h, torch.randn(layers, batch, 7)) if QUICK[case][0] == "LSTM" else h
+
+
+def flat(result):
+    out, st = result
+    return [out, *(st if isinstance(st, tuple) else (st,))]
+
+
+@pytest.mark.parametrize("engine", ["auto", "cpu"])
+@pytest.mark.parametrize("given_states", [False, True], ids=["zero_states", "given_states"])
+@pytest.mark.parametrize("shape", [(1, 1), (6, 3)], ids=["T1_B1", "T6_B3"])
+@pytest.mark.parametrize("case", QUICK)
+def test_quick_lane_repeats_the_general_path_exactly(case, shape, given_states, engine):
+    """A repeated no-grad call of the same form skips validation and choosing (RecurrentLayer.quick_run): its
+    results equal the general path's bit for bit (the same choice, made again with the memo cleared: the
+    first call may have timed, and chosen, in between), and torch.nn's within the tolerance."""
+    ours, theirs = quick_layer(case, engine)
+    steps, batch = shape
+    x = torch.randn(steps, batch, 5)
+    hx = states(case, batch) if given_states else None
+    with torch.no_grad():
+        first = flat(ours(x, hx))
+        assert ours.__dict__.get("_quick"), "the first call should have recorded its choice"
+        seen = []
+        ours.quick_run = lambda *a, _run=ours.quick_run: seen.append(1) or _run(*a)
+        quick = flat(ours(x, hx))
+        assert seen == [1], "the second call should have taken the quick lane"
+        ours._quick.clear()
+        general = flat(ours(x, hx))
+        assert seen == [1], "with the memo cleared the general path runs"
+        expected = flat(theirs(x, hx))
+    for a, b, c, e in zip(quick, general, first, expected, strict=True):
+        assert torch.equal(a, b)
+        assert_close(a, e, "output", case)
+        assert_close(c, e, "output", case)
+
+
+@pytest.mark.parametrize("why", ["grad", "batch_first", "bad_state", "dropout_training", "autocast", "dispatch_mode",
+                                 "float64_state", "double_module"])
+def test_quick_lane_only_where_nothing_else_could_matter(why):
+    """Calls that need the general path still take it after a quick-eligible call recorded its choice: a
+    gradient, another input form, a state to validate (whose error must still be raised), randomness,
+    autocast, a dispatch mode that must see the operator."""
+    torch.manual_seed(3)
+    layer = rnnkit.GRU(5, 7, num_layers=2, dropout=0.5 if why == "dropout_training" else 0.0)
+    x = torch.randn(4, 2, 5)
+    with torch.no_grad():
+        layer(x)
+        layer(x)  # recorded, then replayed
+    layer.quick_run = lambda *a: pytest.fail(f"{why}: the quick lane ran")
+    if why == "grad":
+        layer(x)
+    elif why == "batch_first":
+        layer.batch_first = True
+        with torch.no_grad():
+            layer(x)
+    elif why in ("bad_state", "float64_state"):
+        hx = torch.zeros(2, 3, 7) if why == "bad_state" else torch.zeros(2, 2, 7, dtype=torch.float64)
+        with torch.no_grad(), pytest.raises(RuntimeError, match="Expected hidden size|dtype"):
+            layer(x, hx)
+    elif why == "dropout_training":
+        with torch.no_grad():
+            a, b = layer(x)[0], layer(x)[0]
+        assert not torch.equal(a, b), "dropout between layers should differ between calls"
+    elif why == "autocast":
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+    elif why == "dispatch_mode":
+        with torch.no_grad(), SeenOps() as mode:
+            layer(x)
+        assert mode.names, "the mode should have seen the call's operators"
+    elif why == "double_module":
+        layer.double()
+        with torch.no_grad():
+            layer(x.double())

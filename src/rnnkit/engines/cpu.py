@@ -62,8 +62,14 @@ def arr(t: Tensor) -> np.ndarray:
 
 
 def gemm_fn(dtype: torch.dtype) -> int:
-    from .blas import gemm_address
-    return gemm_address(dtype)
+    address = _gemm_addresses.get(dtype)
+    if address is None:
+        from .blas import gemm_address
+        address = _gemm_addresses[dtype] = gemm_address(dtype)
+    return address
+
+
+_gemm_addresses: dict[torch.dtype, int] = {}  # every layer call asks: a dict beats an import statement per call
 
 
 def kernels():
@@ -152,11 +158,12 @@ MIN_PACKED_STEPS = 20
 
 def packed_for_steps(w: Tensor, batch_sizes) -> np.ndarray:
     """small_product.pack(w) when enough steps run their product in tiles to repay the copy; else (0, 0, 0)."""
-    from .cpu_kernels import TILE_MAX_MACS
-    from .small_product import pack
-    sizes, _ = plan(tuple(batch_sizes))
-    if np.count_nonzero(sizes * (w.shape[0] * w.shape[1]) <= TILE_MAX_MACS) >= MIN_PACKED_STEPS:
-        return pack(arr(w))
+    if len(batch_sizes) >= MIN_PACKED_STEPS:  # (short calls, a decoder's step among them, skip the count)
+        from .cpu_kernels import TILE_MAX_MACS
+        from .small_product import pack
+        sizes, _ = plan(tuple(batch_sizes))
+        if np.count_nonzero(sizes * (w.shape[0] * w.shape[1]) <= TILE_MAX_MACS) >= MIN_PACKED_STEPS:
+            return pack(arr(w))
     return np.zeros((0, 0, 0), dtype=np_dtype(w))
 
 
@@ -352,6 +359,14 @@ def infer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     alone costs more than their arithmetic at long T)."""
     out, h, c, _ = forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep=False)
     return out, h, c
+
+
+def infer_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """`run_layer` for a padded float32 call already known to be plain eager, no-grad and without autocast (a
+    layer's quick lane, RecurrentLayer.quick_run): what ops.run_layer would do for it (the engine's `infer`),
+    without its checks. batch_sizes is ignored: every step runs all h0.shape[0] rows."""
+    steps = (h0.shape[0],) * (x.shape[0] // h0.shape[0])
+    return infer(mode, x, steps, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 
 
 def backward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved, d_out, d_h_n, d_c_n,

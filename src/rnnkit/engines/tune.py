@@ -97,7 +97,9 @@ def machine_key() -> dict:
 
 # The files whose code the timings measure: a changed kernel (an edited checkout, an upgrade without a version
 # bump) times again instead of trusting choices made for other code
-TIMED_SOURCES = ("cpu.py", "cpu_kernels.py", "small_product.py", "blas.py", "aten.py", "ops.py", "tune.py")
+# (nn/layers.py holds the whole-stack timing's runners: RecurrentLayer.stack_runner)
+TIMED_SOURCES = ("cpu.py", "cpu_kernels.py", "small_product.py", "blas.py", "aten.py", "ops.py", "tune.py",
+                 "../nn/layers.py")
 
 
 def engine_source_digest() -> str:
@@ -147,19 +149,36 @@ def write_file(path: Path, entries: dict[str, dict]) -> bool:
     return True
 
 
+_generation = 0  # counts the changes of this process's view: a choice memoized beside it is valid while it stands
+
+
+def generation() -> int:
+    return _generation
+
+
 def table() -> dict[str, dict]:
-    global _table
+    global _table, _generation
     with _lock:
         if _table is None:
             _table = read_file(cache_path())
+            _generation += 1
         return _table
+
+
+def record(key: str, entry: dict) -> None:
+    """A new timing into this process's view and the file (the caller holds _lock)."""
+    global _generation
+    table()[key] = entry
+    write_file(cache_path(), {key: entry})
+    _generation += 1
 
 
 def forget() -> None:
     """Drop this process's view (the next choice reads the file again); for tests and after a machine change."""
-    global _table
+    global _table, _generation
     with _lock:
         _table = None
+        _generation += 1
     machine_key.cache_clear()
 
 
@@ -217,6 +236,17 @@ def run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, revers
                                                          reverse)
 
 
+def infer_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """run_layer for a call cpu.infer_layer takes (a layer's quick lane): the same choice, without ops' checks."""
+    from . import aten, cpu
+    engine = "cpu"
+    if enabled():  # (the quick lane runs only outside tracing)
+        engine = choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    if engine == "aten":
+        return aten.run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return cpu.infer_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+
 def choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse) -> str:
     from . import aten, cpu
     if mode != "LSTM" or x.dtype != torch.float32 or w_hr is not None or x.shape[0] == 0:
@@ -238,8 +268,7 @@ def choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse) 
         entry = table().get(key)
         if entry is None:
             entry = calibrate(train, x, batch, steps, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
-            table()[key] = entry
-            write_file(cache_path(), {key: entry})
+            record(key, entry)
     return entry["engine"]
 
 
@@ -272,8 +301,7 @@ def calibrate(train: bool, x, batch: int, steps: int, h0, c0, w_ih, w_hh, b_ih, 
             return run
 
         runs = {(name, n): runner(engine, n) for name, engine in engines.items() for n in lengths}
-        best_ms(runs, 1)  # untimed: the first calls compile (Numba) and fill caches
-        rounds = budgeted_rounds(best_ms(runs, 1), CAL_ROUNDS_MAX)  # the second estimates the cost of a round
+        rounds = budgeted_rounds(warm_up(runs), CAL_ROUNDS_MAX)  # the last untimed round's cost sizes the timed ones
         best = best_ms(runs, rounds)
         predicted = extrapolated(best, lengths, steps_total(x, batch))
         if steps > lengths[-1] and sum(predicted.values()) <= CAL_FULL_S * 1e3:
@@ -293,6 +321,28 @@ def best_ms(runs: dict, rounds: int) -> dict:
             run()
             best[key] = min(best[key], (time.perf_counter() - start) * 1e3)
     return best
+
+
+WARM_ROUNDS = (3, 6)  # untimed rounds before timing: at least, and at most (see warm_up)
+
+
+def warm_up(runs: dict) -> dict:
+    """Untimed rounds; returns the last one's ms per runner (to size the timed rounds).
+
+    The first calls compile (Numba), fill caches and build oneDNN primitives, and a cold process runs the
+    next few slower still: a T=1, B=1, H=128 LSTM stack took 402 ms, then 333, 128 and 115 us on the CPU
+    engine (aten: 1.5 ms, 272, 128, 233, 121 us), and one untimed round had let a timing read 2.5x the
+    warm times and cache the slower choice. So at least WARM_ROUNDS[0] rounds, then more while a round is
+    3% faster than the one before, up to WARM_ROUNDS[1], within CAL_BUDGET_S."""
+    last, spent = None, 0.0
+    for k in range(WARM_ROUNDS[1]):
+        now = best_ms(runs, 1)
+        spent += sum(now.values()) / 1e3
+        settled = last is not None and sum(now.values()) >= 0.97 * sum(last.values())
+        last = now
+        if k + 1 >= WARM_ROUNDS[0] and (settled or spent > CAL_BUDGET_S):
+            break
+    return last
 
 
 def budgeted_rounds(round_ms: dict, most: int) -> int:
@@ -320,8 +370,8 @@ def extrapolated(best: dict, lengths: list[int], steps: int) -> dict[str, float]
 
 
 def time_whole_calls(runs: dict) -> dict[str, float]:
-    """Best ms of each whole-call runner over a few alternating rounds, after one untimed round."""
-    best_ms(runs, 1)
+    """Best ms of each whole-call runner over a few alternating rounds, after the untimed ones (warm_up)."""
+    warm_up(runs)
     return best_ms(runs, CAL_ROUNDS_MAX // 2)
 
 
@@ -352,8 +402,7 @@ def stack_is_torch(mode: str, train: bool, steps: int, batch: int, inputs: list[
             entry = table().get(key)
             if entry is None:
                 entry = time_stacks(runners, steps)
-                table()[key] = entry
-                write_file(cache_path(), {key: entry})
+                record(key, entry)
     return entry["engine"] == "aten"
 
 
@@ -361,8 +410,7 @@ def time_stacks(runners, steps: int) -> dict:
     """Both strategies on the call's first steps (all of a short call), extrapolated like `calibrate`."""
     lengths = sorted({min(steps, CAL_STEPS // 4), min(steps, CAL_STEPS)})
     runs = {(name, n): runners(name, n) for name in ("cpu", "aten") for n in lengths}
-    untimed = best_ms(runs, 1)  # compiles and fills caches; its times bound the rounds
-    best = best_ms(runs, budgeted_rounds(untimed, CAL_ROUNDS_MAX // 2))
+    best = best_ms(runs, budgeted_rounds(warm_up(runs), CAL_ROUNDS_MAX // 2))
     return verdict(extrapolated(best, lengths, steps), best)
 
 

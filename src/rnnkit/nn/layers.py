@@ -38,6 +38,10 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 STACK_TIMING_MAX_MACS = 1 << 30
 
 
+# run_layer functions and their leaner twins for the quick lane's calls (plain eager, no-grad, padded float32)
+QUICK_LAYERS = {engines.tune.run_layer: engines.tune.infer_layer, engines.cpu.run_layer: engines.cpu.infer_layer}
+
+
 class Rows(NamedTuple):
     """Any input form, as the engines take it: time-major packed rows."""
     data: Tensor  # (N, I)
@@ -269,6 +273,9 @@ class RecurrentLayer(nn.Module):
         if family is not None:  # a cell torch.nn does not have (rnnkit.nn.variants)
             from .variants import variant_forward
             return variant_forward(self, family, input, hx, lengths)
+        quick = self.quick_key(input, hx) if lengths is None and not torch.is_grad_enabled() else None
+        if quick is not None and (how := self.__dict__.get("_quick", {}).get(quick)) is not None:
+            return self.quick_run(how, input, hx)
         rows, form = self.to_rows(input, lengths)
         low = autocast_dtype(self.mode, rows.data.device.type, input, hx)
         states = hx
@@ -284,17 +291,94 @@ class RecurrentLayer(nn.Module):
         run_layer = engines.select(self.engine, rows.data)
         if form.export_lengths is not None:
             run_layer = partial(masked_layer, form.export_lengths.to(rows.data.device))
-        if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights):
+        how = "aten" if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights) else "engine"
+        if how == "aten":
             out, h_n, c_n = engines.aten.run_stack(rows.data.reshape(-1, rows.batch, rows.data.shape[1]), h0, c0,
                                                    weights, self.dropout, self.training, self.bidirectional,
                                                    self.mode)
         else:
             out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, weights,
                                       self.dropout, self.training)
+        if quick is not None:  # the next such call skips the bookkeeping above (quick_run), with the choice made
+            # again: this call may have read or added timings (engines.tune.generation, part of the key)
+            if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights):
+                how = "aten"
+            else:
+                how = "cpu" if self.cpu_every_layer(run_layer, rows) else "engine"
+            self.__dict__.setdefault("_quick", {})[self.quick_key(input, hx)] = how
         if low is not None and self.proj_size and rows.data.device.type == "cpu":
             # torch.nn's CPU LSTM with a projection keeps its cell state in c_0's dtype under autocast
             c_n = c_n.to((input.data if form.packed else input).dtype if hx is None else hx[1].dtype)
         return self.from_rows(out, [h_n] if c_n is None else [h_n, c_n], rows, form)
+
+    def quick_key(self, input, hx) -> tuple | None:
+        """For a no-grad eager call on CPU float32 in the plainest form (padded time-major 3-D input, states None
+        or of exact shape, no projection, nothing random): the key under which forward remembers what it chose
+        for such a call ("aten" or "engine"), so that the next one skips validation and choosing (quick_run):
+        a decoder calling the layer once per step pays this bookkeeping on every step, tens of microseconds
+        against torch.nn's few. The key holds everything the choice depends on; None: the general path."""
+        if (type(input) is not Tensor or input.dim() != 3 or self.batch_first or input.dtype != torch.float32
+                or input.device.type != "cpu" or self.proj_size or self.engine not in ("auto", "cpu")
+                or (self.training and (self.dropout > 0 or self.weight_drop > 0))):
+            return None
+        steps, batch, size = input.shape
+        weight = self._parameters.get("weight_ih_l0")  # absent when parametrized: the general path
+        if (size != self.input_size or steps == 0 or batch == 0 or weight is None or weight.dtype != torch.float32
+                or weight.device.type != "cpu" or not self.quick_states(hx, batch)):
+            return None
+        if (torch.is_autocast_enabled("cpu") or not engines.ops.eager((input,))
+                or torch._C._are_functorch_transforms_active() or torch.onnx.is_in_onnx_export()):
+            return None
+        return (steps, batch, self.engine, engines.auto_choice(), engines.tune.generation(),
+                engines.tune.enabled(), torch.get_num_threads())
+
+    def quick_states(self, hx, batch: int) -> bool:
+        """hx is None, or plain CPU float32 states of exactly the expected shape."""
+        if hx is None:
+            return True
+        if self.mode == "LSTM" and not (type(hx) is tuple and len(hx) == 2):
+            return False
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        return all(type(s) in (Tensor, nn.Parameter) and s.shape == shape and s.dtype == torch.float32
+                   and s.device.type == "cpu" for s in (hx if self.mode == "LSTM" else (hx,)))
+
+    def cpu_every_layer(self, run_layer, rows: Rows) -> bool:
+        """Whether run_layer runs every layer of this (padded float32 no-grad) call on the CPU engine: it is the CPU
+        engine, or auto's per-layer choice (engines.tune) is the CPU engine for each layer's shape class."""
+        if run_layer is engines.cpu.run_layer or (run_layer is engines.tune.run_layer and self.mode != "LSTM"):
+            return True
+        if run_layer is not engines.tune.run_layer or not engines.tune.enabled():
+            return run_layer is engines.tune.run_layer  # auto without timing: the CPU engine
+        steps = rows.data.shape[0] // rows.batch
+        inputs = {self.input_size, self.hidden_size * self.num_directions} if self.num_layers > 1 else {self.input_size}
+        entries = [engines.tune.table().get(engines.tune.shape_class(self.mode, False, steps, rows.batch, size,
+                                                                     self.hidden_size)) for size in inputs]
+        return all(e is not None and e["engine"] == "cpu" for e in entries)
+
+    def quick_run(self, how: str, input: Tensor, hx):
+        """forward for a call quick_key admitted, on what the general path chose for the same key: the same
+        operations on the same tensors, without the bookkeeping."""
+        steps, batch, size = input.shape
+        if hx is None:
+            shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+            h0 = torch.zeros(shape, dtype=input.dtype)
+            c0 = torch.zeros(shape, dtype=input.dtype) if self.mode == "LSTM" else None
+        else:
+            h0, c0 = hx if self.mode == "LSTM" else (hx, None)
+        weights = self.layer_weights()
+        if how == "aten":
+            out, h_n, c_n = engines.aten.run_stack(input, h0, c0, weights, self.dropout, self.training,
+                                                   self.bidirectional, self.mode)
+        else:
+            if how == "cpu":  # every layer on the CPU engine (cpu_every_layer): its inference entry, unchecked
+                run_layer = engines.cpu.infer_layer
+            else:
+                run_layer = engines.select(self.engine, input)
+                run_layer = QUICK_LAYERS.get(run_layer, run_layer)  # the same engine without ops.run_layer's checks
+            out, h_n, c_n = run_stack(run_layer, self.mode, input.reshape(-1, size), None, h0, c0, weights,
+                                      self.dropout, self.training)
+        out = out.reshape(steps, batch, out.shape[-1])  # (T, B, D*H)
+        return out, h_n if c_n is None else (h_n, c_n)
 
     def aten_wins(self, rows: Rows, h0: Tensor, c0: Tensor | None, weights) -> bool:
         """engine="auto" on CPU found torch's own implementation faster than the CPU engine for this call's shape
@@ -331,9 +415,9 @@ class RecurrentLayer(nn.Module):
             with torch.enable_grad() if train else torch.no_grad():
                 if strategy == "aten":
                     out = engines.aten.run_stack(x, h, c, weights, 0.0, False, self.bidirectional, self.mode)[0]
-                else:
-                    out = run_stack(engines.cpu.run_layer, self.mode, x.reshape(-1, x.shape[-1]), None, h, c,
-                                    weights, 0.0, False)[0]
+                else:  # inference as the quick lane runs it: the engine without ops.run_layer's checks
+                    layer = engines.cpu.run_layer if train else engines.cpu.infer_layer
+                    out = run_stack(layer, self.mode, x.reshape(-1, x.shape[-1]), None, h, c, weights, 0.0, False)[0]
                 if train:
                     out.backward(torch.ones_like(out))
         return run
