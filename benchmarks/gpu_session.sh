@@ -10,6 +10,8 @@
 #   determinism.*      benchmarks/gpu.py --parts determinism: bit-identical runs (issue 15)
 #   gpu.json/.log      benchmarks/gpu.py: check, LSTM/GRU layers and packed against cuDNN (issues 3, 15)
 #   lm-*/              short char-LM runs on the GPU: --amp bf16, --amp fp16, and torchrun with nccl
+#   cpu-quick.json/.log benchmarks/cpu.py --quick on the machine's own CPU (an Intel Xeon on the H200s
+#                      lent so far): another x86 machine for the CPU engine's per-machine table (issue 13)
 # and OUTDIR.tgz holding all of it.
 set -u
 out=${1:?usage: gpu_session.sh OUTDIR}
@@ -40,7 +42,14 @@ lm=(-m rnnkit.cli train lm --corpus stdlib --max-chars 1000000 --cell lstm --hid
     --batch-size 64 --bptt 64 --lr 2e-3 --epochs 1 --max-steps 120 --eval-every 40 --device cuda --no-progress)
 part lm-bf16 40 $py "${lm[@]}" --amp bf16 --out "$out/lm-bf16"
 part lm-fp16 40 $py "${lm[@]}" --amp fp16 --out "$out/lm-fp16"
-part lm-nccl 40 $py -m torch.distributed.run --standalone --nproc_per_node 2 "${lm[@]}" --out "$out/lm-nccl"
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$gpus" -ge 2 ]; then  # NCCL refuses two ranks on one device ("Duplicate GPU detected", seen on an H200)
+    part lm-nccl 60 $py -m torch.distributed.run --standalone --nproc_per_node "$gpus" "${lm[@]}" --out "$out/lm-nccl"
+else
+    echo "=== lm-nccl: skipped, $gpus GPU (an nccl run needs two)"
+fi
 part gpu 170 $py benchmarks/gpu.py --budget 120 --out "$out/gpu.json"
+part cpu-quick 150 env OMP_NUM_THREADS=1 $py benchmarks/cpu.py --quick --threads 1 --skip-reference \
+    --out "$out/cpu-quick.json"
 tar czf "$out.tgz" -C "$(dirname "$out")" "$(basename "$out")"
 echo "=== wrote $out.tgz"
