@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing 
 import torch  # noqa: E402
 from common import machine_info, time_alternating, write_json_atomic  # noqa: E402
 from scan import SHAPE as SCAN_SHAPE  # noqa: E402
+from slstm import train_runner as step_runner  # noqa: E402
 from slstm import unfused as slstm_unfused  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 from variants import unfused as ln_unfused  # noqa: E402
@@ -158,12 +159,12 @@ def part_check(quick: bool, save) -> list[dict]:
 
 
 def train_runner(forward, params, x, g):
-    """One training step: zero the gradients, forward, backward of g (dx too), wait for the GPU."""
+    """One training step (benchmarks/slstm.py's: zero the gradients, forward, backward of g, dx too), then wait
+    for the GPU."""
+    step = step_runner(forward, params, x, g)
+
     def run():
-        for p in params:
-            p.grad = None
-        leaf = x.detach().requires_grad_()
-        forward(leaf).backward(g)
+        step()
         sync()
     return run
 
