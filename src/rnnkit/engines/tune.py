@@ -229,22 +229,18 @@ def needs_grad(*tensors: Tensor | None) -> bool:
 def run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """engine="auto" on CPU: ops.run_layer on the engine chosen for this call's shape class."""
     from . import aten, cpu
-    engine = "cpu"
-    if not tracing() and enabled():
-        engine = choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    return (aten if engine == "aten" else cpu).run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                         reverse)
+    args = (mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    chosen_ = choose(*args) if not tracing() and enabled() else "cpu"
+    return (aten if chosen_ == "aten" else cpu).run_layer(*args)
 
 
 def infer_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """run_layer for a call cpu.infer_layer takes (a layer's quick lane): the same choice, without ops' checks."""
+    """run_layer for a call cpu.infer_layer takes (a layer's quick lane, never tracing): the same choice, the CPU
+    engine without ops' checks."""
     from . import aten, cpu
-    engine = "cpu"
-    if enabled():  # (the quick lane runs only outside tracing)
-        engine = choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    if engine == "aten":
-        return aten.run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    return cpu.infer_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    args = (mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    chosen_ = choose(*args) if enabled() else "cpu"
+    return (aten.run_layer if chosen_ == "aten" else cpu.infer_layer)(*args)
 
 
 def choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse) -> str:
@@ -381,8 +377,14 @@ def whole_stack_is_aten(mode: str, train: bool, steps: int, batch: int, inputs: 
     layers. A class not timed yet is False: the per-layer path runs and times it."""
     if _table is None or not enabled() or tracing():
         return False
-    entries = [_table.get(shape_class(mode, train, steps, batch, inp, hidden)) for inp in set(inputs)]
-    return all(e is not None and e["engine"] == "aten" for e in entries)
+    return every_layer_chose("aten", mode, train, steps, batch, inputs, hidden)
+
+
+def every_layer_chose(engine: str, mode: str, train: bool, steps: int, batch: int, inputs, hidden: int) -> bool:
+    """Whether every layer's shape class (layer input sizes `inputs`) was timed here and `engine` won."""
+    table_ = table()
+    entries = [table_.get(shape_class(mode, train, steps, batch, inp, hidden)) for inp in set(inputs)]
+    return all(e is not None and e["engine"] == engine for e in entries)
 
 
 def stack_is_torch(mode: str, train: bool, steps: int, batch: int, inputs: list[int], hidden: int, directions: int,

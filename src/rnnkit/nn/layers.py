@@ -38,10 +38,6 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 STACK_TIMING_MAX_MACS = 1 << 30
 
 
-# run_layer functions and their leaner twins for the quick lane's calls (plain eager, no-grad, padded float32)
-QUICK_LAYERS = {engines.tune.run_layer: engines.tune.infer_layer, engines.cpu.run_layer: engines.cpu.infer_layer}
-
-
 class Rows(NamedTuple):
     """Any input form, as the engines take it: time-major packed rows."""
     data: Tensor  # (N, I)
@@ -342,18 +338,21 @@ class RecurrentLayer(nn.Module):
         return all(type(s) in (Tensor, nn.Parameter) and s.shape == shape and s.dtype == torch.float32
                    and s.device.type == "cpu" for s in (hx if self.mode == "LSTM" else (hx,)))
 
+    def layer_inputs(self) -> list[int]:
+        """The input size of each layer."""
+        return [self.input_size] + [self.hidden_size * self.num_directions] * (self.num_layers - 1)
+
     def cpu_every_layer(self, run_layer, rows: Rows) -> bool:
         """Whether run_layer runs every layer of this (padded float32 no-grad) call on the CPU engine: it is the CPU
-        engine, or auto's per-layer choice (engines.tune) is the CPU engine for each layer's shape class."""
-        if run_layer is engines.cpu.run_layer or (run_layer is engines.tune.run_layer and self.mode != "LSTM"):
+        engine, or auto's, which chooses per layer for an LSTM only (engines.tune) and chose the CPU engine for
+        each layer's shape class (or does not time)."""
+        if run_layer is engines.cpu.run_layer:
             return True
-        if run_layer is not engines.tune.run_layer or not engines.tune.enabled():
-            return run_layer is engines.tune.run_layer  # auto without timing: the CPU engine
-        steps = rows.data.shape[0] // rows.batch
-        inputs = {self.input_size, self.hidden_size * self.num_directions} if self.num_layers > 1 else {self.input_size}
-        entries = [engines.tune.table().get(engines.tune.shape_class(self.mode, False, steps, rows.batch, size,
-                                                                     self.hidden_size)) for size in inputs]
-        return all(e is not None and e["engine"] == "cpu" for e in entries)
+        if run_layer is not engines.tune.run_layer:
+            return False
+        return self.mode != "LSTM" or not engines.tune.enabled() or engines.tune.every_layer_chose(
+            "cpu", self.mode, False, rows.data.shape[0] // rows.batch, rows.batch, self.layer_inputs(),
+            self.hidden_size)
 
     def quick_run(self, how: str, input: Tensor, hx):
         """forward for a call quick_key admitted, on what the general path chose for the same key: the same
@@ -372,9 +371,10 @@ class RecurrentLayer(nn.Module):
         else:
             if how == "cpu":  # every layer on the CPU engine (cpu_every_layer): its inference entry, unchecked
                 run_layer = engines.cpu.infer_layer
-            else:
+            else:  # auto choosing per layer (an LSTM), or the reference engine (no Numba)
                 run_layer = engines.select(self.engine, input)
-                run_layer = QUICK_LAYERS.get(run_layer, run_layer)  # the same engine without ops.run_layer's checks
+                if run_layer is engines.tune.run_layer:
+                    run_layer = engines.tune.infer_layer  # the same choice, without ops.run_layer's checks
             out, h_n, c_n = run_stack(run_layer, self.mode, input.reshape(-1, size), None, h0, c0, weights,
                                       self.dropout, self.training)
         out = out.reshape(steps, batch, out.shape[-1])  # (T, B, D*H)
@@ -390,7 +390,7 @@ class RecurrentLayer(nn.Module):
             return False
         tensors = [data, h0, c0, *(w for layer in weights for ws in layer for w in ws if w is not None)]
         train = engines.tune.needs_grad(*tensors)
-        inputs = [self.input_size] + [self.hidden_size * self.num_directions] * (self.num_layers - 1)
+        inputs = self.layer_inputs()
         steps = data.shape[0] // rows.batch
         if self.mode == "LSTM" and engines.tune.whole_stack_is_aten("LSTM", train, steps, rows.batch, inputs,
                                                                       self.hidden_size):
