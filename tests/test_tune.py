@@ -100,7 +100,9 @@ def test_unwritable_cache_folder_still_gives_correct_results(monkeypatch, tmp_pa
     tune.forget()
     auto, ref = lstm_pair()
     check_against_reference(auto, ref, torch.randn(6, 2, 3))
-    assert len(tune.table()) == 1  # kept in this process
+    table = tune.table()  # kept in this process: the stack's timing, and its layer's where rnnkit's stack won
+    stacks = [k for k in table if k.startswith("stack|")]
+    assert len(stacks) == 1 and len(table) == (1 if table[stacks[0]]["engine"] == "aten" else 2), table
     assert capfd.readouterr().err == ""
 
 
@@ -207,13 +209,16 @@ def test_timing_leaves_the_random_stream_alone(own_cache, train):
     """A seeded run draws the same numbers whether or not its first call timed the candidates."""
     auto, _ = lstm_pair()
     x = torch.randn(6, 2, 3, requires_grad=train)
-    draws = []
+    draws, timed = [], []
     for _ in range(2):  # the first pass times and caches; the second reads the cache
         torch.manual_seed(1)
         with torch.set_grad_enabled(train):
             auto(x)
         draws.append(torch.rand(4))
-    assert len(entries(next(own_cache.glob("*.json")))) == 1  # the first pass did time
+        timed.append(len(entries(next(own_cache.glob("*.json")))))
+    # the first pass did time: the whole stack, and each layer too where rnnkit's stack won (which one wins this
+    # tiny call depends on the machine); the second timed nothing more
+    assert timed[0] in (1, 2) and timed[1] == timed[0], timed
     assert torch.equal(draws[0], draws[1])
 
 
