@@ -128,6 +128,33 @@ def test_hessian_vector_product_equals_torch(family, engine):
         assert_close(a, b, "grad", f"{family} {engine}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("engine", [*ENGINES, "aten", "triton"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_batch_of_upstream_gradients(family, engine, dtype):
+    """torch.autograd.grad(..., is_grads_batched=True), which gradcheck runs by default, and torch.func.vmap over
+    a backward of a graph built outside it: each slice equals torch.nn's gradient for that upstream alone."""
+    if engine == "aten" and (family != "lstm" or dtype != torch.float32):
+        pytest.skip("the aten engine runs float32 LSTMs only")
+    if engine == "triton" and dtype != torch.float32:
+        pytest.skip("the triton engine runs float32 and 16-bit types")
+    torch.manual_seed(9)
+    ours, theirs = layer_pair(family, {"num_layers": 2, "bidirectional": True}, engine, dtype=dtype)
+    x = inputs({}, dtype)
+    results = []
+    for module in (ours, theirs):
+        out = module(x)[0]
+        upstream = torch.randn(3, *out.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+        wrt = [x, *module.parameters()]
+        batched = torch.autograd.grad(out, wrt, upstream, is_grads_batched=True, retain_graph=True)
+        by_vmap = vmap(lambda u: torch.autograd.grad(out, x, u, retain_graph=True)[0])(upstream)  # noqa: B023
+        results.append((batched, by_vmap))
+    (ours_batched, ours_vmap), (theirs_batched, theirs_vmap) = results
+    for k, (a, b) in enumerate(zip(ours_batched, theirs_batched, strict=True)):
+        assert_close(a, b, "grad", f"{family} {engine} gradient {k}")
+    assert_close(ours_vmap, theirs_vmap, "grad", f"{family} {engine} vmap over the backward")
+
+
 # ---------------------------------------------------------------- torch.func
 
 

@@ -56,6 +56,21 @@ def test_double_backward(kind):
 
 
 @pytest.mark.parametrize("kind", LAYERS)
+def test_a_batch_of_upstream_gradients(kind):
+    """is_grads_batched=True (gradcheck's default batched check): each slice equals its own backward."""
+    layer = make(kind, torch.float64)
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    out = layer(x)[0]
+    upstream = torch.randn(4, *out.shape, dtype=torch.float64)
+    wrt = [x, *layer.parameters()]
+    batched = torch.autograd.grad(out, wrt, upstream, is_grads_batched=True, retain_graph=True)
+    for k in range(len(upstream)):
+        for got, want in zip(batched, torch.autograd.grad(out, wrt, upstream[k], retain_graph=True), strict=True):
+            assert_close(got[k], want, "grad", f"{kind} slice {k}")
+    torch.autograd.gradcheck(lambda x: layer(x)[0], (x,), check_batched_grad=True)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
 def test_torch_func_grad_equals_autograd(kind):
     layer = make(kind, torch.float64)
     params = dict(layer.named_parameters())

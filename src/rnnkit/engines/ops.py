@@ -23,7 +23,11 @@ Derivatives the hand-derived BPTT cannot give are handed to autograd, never comp
   called with grad mode on, runs the forward again as plain torch ops
   (`reference.autograd_forward`) and differentiates that, so every order of derivative is exact;
 - torch.func transforms (grad, vmap, jacrev, vjp, jvp): `run_layer` sees them active and runs the
-  plain-ops loop in the first place; torch.func differentiates and batches plain ops itself.
+  plain-ops loop in the first place; torch.func differentiates and batches plain ops itself;
+- a batch of upstream gradients (`torch.autograd.grad(..., is_grads_batched=True)`, which gradcheck uses
+  by default, or torch.func.vmap over a backward of a graph built outside it): the hand-derived BPTT
+  reads raw memory, which batched tensors do not have, so the backward differentiates the plain-ops
+  forward as for double backward, and the batching happens in torch's own ops.
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ def grad_formula(backward):
         d_c_n = torch.zeros_like(c0) if d_c_n is None and c0 is not None else d_c_n
         batch_sizes = ctx.batch_sizes
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+        if needs_autograd(d_out, d_h_n, d_c_n):
             grads = differentiable_grads(ctx, inputs, steps(batch_sizes, x, h0), d_out, d_h_n,
                                          d_c_n if c0 is not None else None)
         else:
@@ -150,6 +154,14 @@ def grad_formula(backward):
         return None, dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 
     return formula
+
+
+def needs_autograd(*grads: Tensor | None) -> bool:
+    """Whether a backward must differentiate plain ops rather than run the hand-derived BPTT: with create_graph
+    (the gradient itself must be differentiable), under a torch.func transform, or when an upstream gradient is
+    a batch (is_grads_batched's legacy batched tensors: the BPTT kernels see raw memory, not the batch)."""
+    return (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+            or any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads))
 
 
 def define(name: str):

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from . import cpu
-from .ops import no_autocast, steps
+from .ops import needs_autograd, no_autocast, steps
 
 FAMILY_NAMES = ("lstm_plus", "gru_plus", "minimal", "slstm")
 
@@ -129,7 +129,7 @@ def define(family_name: str, engine_name: str):
         states_n, saved = after[:ns], after[ns:]
         d_out = torch.zeros_like(out) if grads[0] is None else grads[0]
         d_states_n = [torch.zeros_like(s) if g is None else g for g, s in zip(grads[1:1 + ns], states_n, strict=True)]
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain-ops recurrence instead
+        if needs_autograd(d_out, *d_states_n):  # differentiate the plain-ops recurrence instead
             found = differentiable_grads(fam, ctx, xp, states, params, masks, d_out, d_states_n)
         else:
             found = backward(ctx.config, xp, ctx.batch_sizes, states, params, masks, ctx.reverse, out, saved, d_out,
@@ -212,7 +212,7 @@ class _Projection(torch.autograd.Function):
     def backward(ctx, d: Tensor):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        if torch.is_grad_enabled():  # create_graph: the gradient must itself be differentiable
+        if needs_autograd(d):  # create_graph, torch.func or a batch of gradients: torch's own ops
             dx, dw, db = d @ w, d.t() @ x, d.sum(0) if ctx.has_bias else None
         else:
             dx, dw, db = cpu.input_grads(x, w, d, ctx.has_bias, need_x)
