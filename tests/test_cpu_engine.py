@@ -82,6 +82,57 @@ def test_cpu_engine_matches_reference(family, packing, size, reverse, bias, dtyp
         assert_close(a, b, "grad", f"gradient of leaf {k}")
 
 
+SHORT = {"T1_B1": (1, 1), "T3_B2": (3, 2), "T5_B3": (5, 3), "T19_B1": (19, 1)}  # dot products (B <= 2), sgemm_
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("shape", SHORT)
+@pytest.mark.parametrize("family", [f for f in MODES if f != "lstm_proj"])
+def test_short_no_grad_calls_in_one_compiled_call(family, shape, size, reverse, bias, layout, monkeypatch):
+    """cpu.infer hands short padded float32 calls to small_calls (one compiled call, pointers in): the same
+    outputs and states as the reference engine, every output element written (NaN-poisoned buffers)."""
+    steps, batch = SHORT[shape]
+    sizes = (batch,) * steps
+    x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr) = layer_inputs(family, sizes, *SIZES[size], torch.float32)
+    # torch's scale of W_hh: with randn / 2 at H=33 the recurrence is chaotic, and over 19 steps float32 rounding
+    # alone grows past the tolerance (the float32 reference itself is then 2.5e-5 off float64)
+    w_hh = w_hh.detach() / w_hh.shape[1] ** 0.5
+    if not bias:
+        b_ih = b_hh = None
+    if layout == "strided":  # the same values in transposed storage: the entry must not read raw strides
+        x, w_ih, w_hh, h0 = (t.detach().t().contiguous().t() for t in (x, w_ih, w_hh, h0))
+    mode = MODES[family][0]
+    args = (mode, x, sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    taken = []
+    monkeypatch.setattr(cpu, "infer_small", lambda *a, _run=cpu.infer_small: taken.append(1) or _run(*a))
+    with torch.no_grad():
+        assert cpu.small_call(*args[1:-1])
+        fast = [t for t in cpu.infer(*args) if t is not None]
+        slow = [t for t in reference.run_layer(*args) if t is not None]
+    assert taken == [1], "the short call should have taken small_calls' entry"
+    assert len(fast) == len(slow)
+    for name, a, b in zip(["out", "h_n", "c_n"], fast, slow, strict=False):
+        assert a.shape == b.shape, name
+        assert_close(a, b, "output", name)
+
+
+def test_what_the_short_call_entry_leaves_to_the_general_one():
+    """Longer calls (packing W_hh repays), packed batches, projections, float64 and large products do not fit it."""
+    x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr) = layer_inputs("lstm_proj", (2,) * 3, 5, 7, torch.float32)
+    x1, h1, c1, w1 = layer_inputs("lstm", (2,) * 3, 5, 7, torch.float32)
+    assert cpu.small_call(x1, (2,) * 3, h1, c1, *w1)
+    assert not cpu.small_call(x, (2,) * 3, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), "a projection"
+    assert not cpu.small_call(x1[:5], (2, 2, 1), h1, c1, *w1), "a packed batch"
+    assert not cpu.small_call(x1.double(), (2,) * 3, h1.double(), c1.double(), *(w.double() for w in w1[:4]), None)
+    assert not cpu.small_shape(cpu.MIN_PACKED_STEPS, 1, 5, 28, 7), "enough steps to pack W_hh"
+    assert cpu.small_shape(cpu.MIN_PACKED_STEPS - 1, 1, 5, 28, 7)
+    assert not cpu.small_shape(1, 1, 4096, 4096, 1024), "an input projection for oneDNN"
+    assert not cpu.small_shape(1, 4096, 8, 4096, 4096), "a step product for oneDNN, one step at a time"
+
+
 @njit
 def _apply(fn_id, x):
     out = np.empty_like(x)

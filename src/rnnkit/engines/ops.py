@@ -231,6 +231,28 @@ def eager(tensors: tuple) -> bool:
 PLAIN = (Tensor, torch.nn.Parameter)
 
 
+def _onnx_flags():
+    """The two flags behind torch.onnx.is_in_onnx_export (which imports both on every call, about 1 us), or None
+    where this torch keeps them elsewhere."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        return None
+    return _flags, GLOBALS
+
+
+_ONNX_FLAGS = _onnx_flags()
+
+
+def in_onnx_export() -> bool:
+    """torch.onnx.is_in_onnx_export(), read without its imports: every eager layer call asks."""
+    if _ONNX_FLAGS is None:
+        return torch.onnx.is_in_onnx_export()
+    flags, globals_ = _ONNX_FLAGS
+    return bool(globals_.in_onnx_export or flags._is_onnx_exporting)
+
+
 def differentiable_grads(ctx, inputs: tuple, batch_sizes: tuple[int, ...], d_out, d_h_n, d_c_n) -> list:
     """The gradient as a differentiable function of the inputs and of the upstream gradients.
 
@@ -269,8 +291,8 @@ def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Te
                                           reverse)
     args = (mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     tensors = tuple(t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None)
-    if not eager(tensors) or torch.onnx.is_in_onnx_export():
-        if w_hr is not None and batch_sizes is None and torch.onnx.is_in_onnx_export():  # no ONNX LSTM has a projection
+    if not eager(tensors) or in_onnx_export():
+        if w_hr is not None and batch_sizes is None and in_onnx_export():  # no ONNX LSTM has a projection
             return reference.scan_forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
         out, h_n, c_n, *_ = OPS[engine](*args)
     elif torch.is_grad_enabled() and any(t.requires_grad for t in tensors):

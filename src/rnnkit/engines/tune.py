@@ -53,6 +53,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .ops import in_onnx_export
+
 FORMAT = 1
 CAL_STEPS = 16  # calibration times the first CAL_STEPS // 4 and CAL_STEPS steps of the call (fewer if T is)
 CAL_BUDGET_S = 0.05  # timed seconds to aim for, in rounds of every candidate at both lengths ...
@@ -198,7 +200,7 @@ def enabled() -> bool:
 def tracing() -> bool:
     """True where timing must not run and the operator must stay fixed: compile/export, torch.func, trace, ONNX."""
     return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+            or torch.jit.is_tracing() or in_onnx_export())
 
 
 def shape_class(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:

@@ -122,6 +122,12 @@ def input_matches_weights(name: str, data: Tensor, weight: Tensor, input_size: i
                            f"Expected {input_size}, got {data.shape[-1]}")
 
 
+def parameter_mismatch(name: str, what: str, weight: Tensor, first: Tensor) -> None:
+    raise RuntimeError(f"{name}: every parameter must have weight_ih_l0's dtype and device ({first.dtype} on "
+                       f"{first.device}), got {what} of {weight.dtype} on {weight.device}. Convert the whole "
+                       f"module: module.to({first.dtype})")
+
+
 def sequence_length(name: str, num_steps: int, input: Tensor) -> None:
     if num_steps < 1:
         raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, got {num_steps} "

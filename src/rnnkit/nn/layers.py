@@ -235,13 +235,27 @@ class RecurrentLayer(nn.Module):
     def direction_weights(self, layer: int, direction: int) -> tuple:
         """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction, None where absent."""
         params = self._parameters  # the fast lookup; a parametrized or deleted weight is not in it: getattr finds it
-        return tuple(params.get(name) if name in params else getattr(self, name, None)
+        names = self.__dict__.get("_weight_names_set")
+        if names is None:  # a name this layer never had (weight_hr without proj_size) is None without a getattr
+            names = self.__dict__["_weight_names_set"] = frozenset(self._flat_weights_names)
+        return tuple(params[name] if name in params else getattr(self, name, None) if name in names else None
                      for name in weight_names(layer, direction))
 
     def layer_weights(self) -> list[list[tuple]]:
         """Per layer, per direction: (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent."""
         return [[self.direction_weights(layer, d) for d in range(self.num_directions)]
                 for layer in range(self.num_layers)]
+
+    def check_weights(self, weights: list[list[tuple]]) -> None:
+        """Every weight in weight_ih_l0's dtype and on its device, as torch.nn's products require (it raises from
+        inside them); rnnkit's engines would otherwise compute in mixed precision without a word."""
+        first = weights[0][0][0]
+        dtype, device = first.dtype, first.get_device()
+        for layer, directions in enumerate(weights):
+            for direction, ws in enumerate(directions):
+                for w, name in zip(ws, weight_names(layer, direction), strict=True):
+                    if w is not None and (w.dtype is not dtype or w.get_device() != device):
+                        checks.parameter_mismatch(type(self).__name__, name, w, first)
 
     def stream(self, batch_size: int | None = None, hx=None):
         """A `rnnkit.nn.stream.Stream` that advances this layer one step or one chunk at a time.
@@ -271,7 +285,9 @@ class RecurrentLayer(nn.Module):
             return variant_forward(self, family, input, hx, lengths)
         quick = self.quick_key(input, hx) if lengths is None and not torch.is_grad_enabled() else None
         if quick is not None and (how := self.__dict__.get("_quick", {}).get(quick)) is not None:
-            return self.quick_run(how, input, hx)
+            result = self.quick_run(how, input, hx)
+            if result is not None:
+                return result
         rows, form = self.to_rows(input, lengths)
         low = autocast_dtype(self.mode, rows.data.device.type, input, hx)
         states = hx
@@ -280,6 +296,7 @@ class RecurrentLayer(nn.Module):
             states = cast_states(hx, low)
         h0, c0 = self.initial_states(states, rows.data, rows.batch, form.unbatched, rows.packed)
         weights = self.layer_weights()
+        self.check_weights(weights)
         if self.weight_drop > 0 and self.training:  # DropConnect alone: torch.nn's cell on the dropped W_hh
             weights = [[(w_ih, options.dropped(self, w_hh), *rest) for w_ih, w_hh, *rest in layer] for layer in weights]
         if low is not None:  # gradients reach the parameters through the casts
@@ -300,7 +317,8 @@ class RecurrentLayer(nn.Module):
             if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights):
                 how = "aten"
             else:
-                how = "cpu" if self.cpu_every_layer(run_layer, rows) else "engine"
+                cpu = self.cpu_every_layer(run_layer, rows)
+                how = self.cpu_lane(rows.data.shape[0] // rows.batch, rows.batch) if cpu else "engine"
             self.__dict__.setdefault("_quick", {})[self.quick_key(input, hx)] = how
         if low is not None and self.proj_size and rows.data.device.type == "cpu":
             # torch.nn's CPU LSTM with a projection keeps its cell state in c_0's dtype under autocast
@@ -314,16 +332,16 @@ class RecurrentLayer(nn.Module):
         a decoder calling the layer once per step pays this bookkeeping on every step, tens of microseconds
         against torch.nn's few. The key holds everything the choice depends on; None: the general path."""
         if (type(input) is not Tensor or input.dim() != 3 or self.batch_first or input.dtype != torch.float32
-                or input.device.type != "cpu" or self.proj_size or self.engine not in ("auto", "cpu")
+                or not input.is_cpu or self.proj_size or self.engine not in ("auto", "cpu")
                 or (self.training and (self.dropout > 0 or self.weight_drop > 0))):
             return None
         steps, batch, size = input.shape
         weight = self._parameters.get("weight_ih_l0")  # absent when parametrized: the general path
         if (size != self.input_size or steps == 0 or batch == 0 or weight is None or weight.dtype != torch.float32
-                or weight.device.type != "cpu" or not self.quick_states(hx, batch)):
+                or not weight.is_cpu or not self.quick_states(hx, batch)):
             return None
         if (torch.is_autocast_enabled("cpu") or not engines.ops.eager((input,))
-                or torch._C._are_functorch_transforms_active() or torch.onnx.is_in_onnx_export()):
+                or torch._C._are_functorch_transforms_active() or engines.ops.in_onnx_export()):
             return None
         return (steps, batch, self.engine, engines.auto_choice(), engines.tune.generation(),
                 engines.tune.enabled(), torch.get_num_threads())
@@ -332,11 +350,11 @@ class RecurrentLayer(nn.Module):
         """hx is None, or plain CPU float32 states of exactly the expected shape."""
         if hx is None:
             return True
-        if self.mode == "LSTM" and not (type(hx) is tuple and len(hx) == 2):
-            return False
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
-        return all(type(s) in (Tensor, nn.Parameter) and s.shape == shape and s.dtype == torch.float32
-                   and s.device.type == "cpu" for s in (hx if self.mode == "LSTM" else (hx,)))
+        if self.mode != "LSTM":
+            return type(hx) is Tensor and hx.shape == shape and hx.dtype == torch.float32 and hx.is_cpu
+        return (type(hx) is tuple and len(hx) == 2 and all(
+            type(s) is Tensor and s.shape == shape and s.dtype == torch.float32 and s.is_cpu for s in hx))
 
     def layer_inputs(self) -> list[int]:
         """The input size of each layer."""
@@ -354,9 +372,25 @@ class RecurrentLayer(nn.Module):
             "cpu", self.mode, False, rows.data.shape[0] // rows.batch, rows.batch, self.layer_inputs(),
             self.hidden_size)
 
+    def cpu_lane(self, steps: int, batch: int) -> str:
+        """How the quick lane runs a call whose every layer is on the CPU engine: "small" (one layer, one direction,
+        small enough for the engine's single compiled call, as cpu.small_call admits) or "cpu" (its inference entry
+        per layer)."""
+        w_ih, w_hh, b_ih, b_hh, w_hr = self.direction_weights(0, 0)
+        small = (self.num_layers == 1 and not self.bidirectional and w_hr is None and (b_ih is None) == (b_hh is None)
+                 and engines.cpu.small_shape(steps, batch, self.input_size, *w_hh.shape)
+                 and engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh))
+        return "small" if small else "cpu"
+
     def quick_run(self, how: str, input: Tensor, hx):
         """forward for a call quick_key admitted, on what the general path chose for the same key: the same
-        operations on the same tensors, without the bookkeeping."""
+        operations on the same tensors, without the bookkeeping. None where the choice no longer applies (the
+        general path then runs)."""
+        return self.run_lane(how, input, hx)
+
+    def run_lane(self, how: str, input: Tensor, hx):
+        """A padded float32 no-grad call (T, B, I) on lane `how` ("aten", "small", "cpu" or "engine"), unchecked:
+        what quick_run replays, and what the whole-stack timing times."""
         steps, batch, size = input.shape
         if hx is None:
             shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
@@ -364,6 +398,13 @@ class RecurrentLayer(nn.Module):
             c0 = torch.zeros(shape, dtype=input.dtype) if self.mode == "LSTM" else None
         else:
             h0, c0 = hx if self.mode == "LSTM" else (hx, None)
+        if how == "small":  # one layer, one direction, one compiled call (cpu.small_call): a decoder's layer
+            w_ih, w_hh, b_ih, b_hh, _ = self.direction_weights(0, 0)
+            if not engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh):  # changed since: the general path says why
+                return None
+            # input (T, B, I), states (1, B, H): the compiled call sees rows; out (T, B, H), states (1, B, H)
+            out, h_n, c_n = engines.cpu.infer_small(self.mode, input, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+            return out, h_n if c_n is None else (h_n, c_n)
         weights = self.layer_weights()
         if how == "aten":
             out, h_n, c_n = engines.aten.run_stack(input, h0, c0, weights, self.dropout, self.training,
@@ -412,14 +453,17 @@ class RecurrentLayer(nn.Module):
         h, c = h0.detach(), None if c0 is None else c0.detach()
 
         def run():
-            with torch.enable_grad() if train else torch.no_grad():
+            if not train:  # inference as the quick lane runs it (the parameters as they are: nothing is recorded)
+                with torch.no_grad():
+                    how = "aten" if strategy == "aten" else self.cpu_lane(steps, rows.batch)
+                    return self.run_lane(how, x, h if c is None else (h, c))
+            with torch.enable_grad():
                 if strategy == "aten":
                     out = engines.aten.run_stack(x, h, c, weights, 0.0, False, self.bidirectional, self.mode)[0]
-                else:  # inference as the quick lane runs it: the engine without ops.run_layer's checks
-                    layer = engines.cpu.run_layer if train else engines.cpu.infer_layer
-                    out = run_stack(layer, self.mode, x.reshape(-1, x.shape[-1]), None, h, c, weights, 0.0, False)[0]
-                if train:
-                    out.backward(torch.ones_like(out))
+                else:
+                    out = run_stack(engines.cpu.run_layer, self.mode, x.reshape(-1, x.shape[-1]), None, h, c, weights,
+                                    0.0, False)[0]
+                out.backward(torch.ones_like(out))
         return run
 
     def to_rows(self, input, lengths) -> tuple[Rows, InputForm]:
