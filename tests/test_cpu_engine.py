@@ -92,7 +92,7 @@ SHORT = {"T1_B1": (1, 1), "T3_B2": (3, 2), "T5_B3": (5, 3), "T19_B1": (19, 1)}  
 @pytest.mark.parametrize("shape", SHORT)
 @pytest.mark.parametrize("family", [f for f in MODES if f != "lstm_proj"])
 def test_short_no_grad_calls_in_one_compiled_call(family, shape, size, reverse, bias, layout, monkeypatch):
-    """cpu.infer hands short padded float32 calls to small_calls (one compiled call, pointers in): the same
+    """cpu.infer hands short padded float32 calls to cpu_kernels.short_call (one compiled call, pointers in): the same
     outputs and states as the reference engine, every output element written (NaN-poisoned buffers)."""
     steps, batch = SHORT[shape]
     sizes = (batch,) * steps
@@ -112,7 +112,7 @@ def test_short_no_grad_calls_in_one_compiled_call(family, shape, size, reverse, 
         assert cpu.small_call(*args[1:-1])
         fast = [t for t in cpu.infer(*args) if t is not None]
         slow = [t for t in reference.run_layer(*args) if t is not None]
-    assert taken == [1], "the short call should have taken small_calls' entry"
+    assert taken == [1], "the short call should have taken the one-call entry"
     assert len(fast) == len(slow)
     for name, a, b in zip(["out", "h_n", "c_n"], fast, slow, strict=False):
         assert a.shape == b.shape, name

@@ -92,7 +92,7 @@ def test_plain_call_skips_the_operator(engine, grad_mode, monkeypatch):
             assert x.grad is not None and layer.weight_hh_l0.grad is not None
     if grad_mode or engine == "reference":
         assert torch.equal(out.detach(), expected)
-    else:  # the CPU engine's short-call entry (small_calls) forms its products as dot products: rounding differs
+    else:  # the CPU engine's short-call entry (cpu_kernels.short_call) forms its products as dot products: rounding differs
         assert_close(out.detach(), expected)
 
 

@@ -356,7 +356,7 @@ def forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
 def infer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """`forward` where no backward is to come (no_grad, nothing requiring a gradient): out, h_n, c_n, without
     writing what the backward would read (an LSTM's gates and cell states: 5 N H floats, whose first touch
-    alone costs more than their arithmetic at long T). Short calls go to small_calls' single compiled entry."""
+    alone costs more than their arithmetic at long T). Short calls go to one compiled call (cpu_kernels.short_call)."""
     if small_call(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
         return infer_small(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
     out, h, c, _ = forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep=False)
@@ -364,7 +364,7 @@ def infer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
 
 
 def small_call(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) -> bool:
-    """Whether small_calls serves this no-grad call: padded (every step runs all rows), no projection, both biases
+    """Whether cpu_kernels.short_call serves this no-grad call: padded (every step runs all rows), no projection, both biases
     or neither, float32 throughout, and small_shape."""
     batch = h0.shape[0]
     return (w_hr is None and batch_sizes.count(batch) == len(batch_sizes) and (b_ih is None) == (b_hh is None)
@@ -373,7 +373,7 @@ def small_call(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) -> bool:
 
 
 def small_shape(steps: int, batch: int, inputs: int, gates: int, hidden: int) -> bool:
-    """Where `forward` takes small_calls' route: torch's plain product for the input projection (not oneDNN), BLAS
+    """Where `forward` takes the route cpu_kernels.short_call takes: torch's plain product for the input projection (not oneDNN), BLAS
     inside the loop (not stepwise), W_hh unpacked (too few steps to repay packing)."""
     return (0 < steps < MIN_PACKED_STEPS and batch > 0 and steps * batch * inputs * gates < ONEDNN_MIN_MACS
             and batch * gates * hidden < STEPWISE_MIN_MACS)
@@ -388,10 +388,6 @@ def infer_small(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
 
     x may be (N, I) rows or (T, B, I), h0 and c0 (B, H) or (1, B, H): out and the states come back in the same
     leading shapes (the quick lane then needs no views)."""
-    global _small_calls
-    if _small_calls is None:
-        from . import small_calls
-        _small_calls = small_calls
     batch, hidden = h0.shape[-2], w_hh.shape[1]
     out, h_n = empty(x, *x.shape[:-1], hidden), empty(x, *h0.shape)
     c_n = empty(x, *h0.shape) if c0 is not None else None
@@ -400,15 +396,13 @@ def infer_small(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
     # contiguous copies (where needed) must outlive the call: the compiled code reads their addresses
     x, w_ih, w_hh, h0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
     b_ih, b_hh, c0 = (None if t is None else t.contiguous() for t in (b_ih, b_hh, c0))
-    _small_calls.call(_small_calls.MODES[mode], gemm_fn(torch.float32), x.data_ptr(), w_ih.data_ptr(),
-                      b_ih.data_ptr() if bias else None, w_hh.data_ptr(), b_hh.data_ptr() if bias else None,
-                      h0.data_ptr(), None if c0 is None else c0.data_ptr(), h_n.data_ptr(),
-                      None if c_n is None else c_n.data_ptr(), out.data_ptr(), rows // batch, batch, x.shape[-1],
-                      hidden, bias, reverse)
+    k = kernels()
+    k.short_call_entry()(k.SHORT_MODES[mode], gemm_fn(torch.float32), x.data_ptr(), w_ih.data_ptr(),
+                         b_ih.data_ptr() if bias else None, w_hh.data_ptr(), b_hh.data_ptr() if bias else None,
+                         h0.data_ptr(), None if c0 is None else c0.data_ptr(), h_n.data_ptr(),
+                         None if c_n is None else c_n.data_ptr(), out.data_ptr(), rows // batch, batch, x.shape[-1],
+                         hidden, bias, reverse)
     return out, h_n, c_n
-
-
-_small_calls = None  # the module, imported on the first short call (it compiles or loads its entry)
 
 
 def infer_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
