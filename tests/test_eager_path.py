@@ -19,7 +19,8 @@ from rnnkit.engines import aten, ops
 from rnnkit.testing import assert_close
 
 CASES = {"rnn": ("RNN", {}), "lstm": ("LSTM", {}), "gru": ("GRU", {}), "lstm_proj": ("LSTM", {"proj_size": 2}),
-         "lstm_2layers_bidir": ("LSTM", {"num_layers": 2, "bidirectional": True})}
+         "lstm_2layers_bidir": ("LSTM", {"num_layers": 2, "bidirectional": True}),
+         "lstm_proj": ("LSTM", {"proj_size": 3}), "lstm_proj_2layers": ("LSTM", {"proj_size": 3, "num_layers": 2})}
 ENGINES = ["reference", "cpu"] + (["aten"] if aten.why_not(torch.zeros(1)) is None else [])
 
 
@@ -129,7 +130,8 @@ def test_flop_counter_sees_the_operator():
 
 QUICK = {"rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}), "lstm": ("LSTM", {}),
          "gru": ("GRU", {}), "gru_2layers_bidir": ("GRU", {"num_layers": 2, "bidirectional": True}),
-         "lstm_2layers_bidir": ("LSTM", {"num_layers": 2, "bidirectional": True})}
+         "lstm_2layers_bidir": ("LSTM", {"num_layers": 2, "bidirectional": True}),
+         "lstm_proj": ("LSTM", {"proj_size": 3}), "lstm_proj_2layers": ("LSTM", {"proj_size": 3, "num_layers": 2})}
 
 
 def quick_layer(case: str, engine: str):
@@ -141,9 +143,10 @@ def quick_layer(case: str, engine: str):
 
 
 def states(case: str, batch: int):
-    layers = 2 * 2 if "2layers" in case else 1
-    h = torch.randn(layers, batch, 7)
-    return (h, torch.randn(layers, batch, 7)) if QUICK[case][0] == "LSTM" else h
+    name, kw = QUICK[case]
+    layers = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
+    h = torch.randn(layers, batch, kw.get("proj_size", 7))
+    return (h, torch.randn(layers, batch, 7)) if name == "LSTM" else h
 
 
 def flat(result):

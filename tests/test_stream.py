@@ -75,6 +75,30 @@ def test_stream_equals_whole_sequence(family, num_layers, form, how):
     assert_same(out, stream.state, whole_out, whole_state, f"{family} L={num_layers} {form} {how}")
 
 
+@pytest.mark.parametrize("form", ["time_major", "unbatched"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_float32_frames_take_the_cpu_engine_in_one_call(family, num_layers, form, monkeypatch):
+    """A no-grad float32 frame runs each layer through cpu.infer_small; the frames still give what one call on
+    the whole sequence gives."""
+    torch.manual_seed(0)
+    layer = FAMILIES[family](I, H, num_layers=num_layers)
+    x = sequence(form).float()
+    hx = tuple(s.float() for s in states(initial_state(layer.double(), form)))
+    layer.float()
+    hx = hx if family.startswith("lstm") else hx[0]
+    calls = []
+    monkeypatch.setattr(rnnkit.engines.cpu, "infer_small",
+                        lambda *a, _run=rnnkit.engines.cpu.infer_small: calls.append(1) or _run(*a))
+    with torch.no_grad():
+        whole_out, whole_state = layer(x, hx)
+        calls.clear()
+        stream = layer.stream(hx=hx)
+        out = torch.stack([stream.step(f) for f in x.unbind(0)], 0)
+    assert len(calls) == T * num_layers
+    assert_same(out, stream.state, whole_out, whole_state, f"{family} L={num_layers} {form}")
+
+
 @pytest.mark.parametrize("family", ["lstm_proj", "gru"])
 @pytest.mark.parametrize("start", ["batch_size", "first_input"])
 def test_stream_from_zeros(family, start):

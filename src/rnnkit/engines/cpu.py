@@ -358,50 +358,53 @@ def infer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     writing what the backward would read (an LSTM's gates and cell states: 5 N H floats, whose first touch
     alone costs more than their arithmetic at long T). Short calls go to one compiled call (cpu_kernels.short_call)."""
     if small_call(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-        return infer_small(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
+        return infer_small(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, w_hr)
     out, h, c, _ = forward(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep=False)
     return out, h, c
 
 
 def small_call(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) -> bool:
-    """Whether cpu_kernels.short_call serves this no-grad call: padded (every step runs all rows), no projection, both biases
-    or neither, float32 throughout, and small_shape."""
+    """Whether cpu_kernels.short_call serves this no-grad call: padded (every step runs all rows), both biases or
+    neither, float32 throughout, and small_shape."""
     batch = h0.shape[0]
-    return (w_hr is None and batch_sizes.count(batch) == len(batch_sizes) and (b_ih is None) == (b_hh is None)
+    return (batch_sizes.count(batch) == len(batch_sizes) and (b_ih is None) == (b_hh is None)
             and small_shape(len(batch_sizes), batch, x.shape[1], *w_hh.shape)
-            and all_float32(x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+            and all_float32(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
 
 
-def small_shape(steps: int, batch: int, inputs: int, gates: int, hidden: int) -> bool:
-    """Where `forward` takes the route cpu_kernels.short_call takes: torch's plain product for the input projection (not oneDNN), BLAS
-    inside the loop (not stepwise), W_hh unpacked (too few steps to repay packing)."""
+def small_shape(steps: int, batch: int, inputs: int, gates: int, width: int) -> bool:
+    """Where `forward` takes the route cpu_kernels.short_call takes: torch's plain product for the input projection
+    (not oneDNN), BLAS inside the loop (not stepwise), W_hh (gates, width) unpacked (too few steps to repay
+    packing; an LSTM's W_hr, no larger, with it)."""
     return (0 < steps < MIN_PACKED_STEPS and batch > 0 and steps * batch * inputs * gates < ONEDNN_MIN_MACS
-            and batch * gates * hidden < STEPWISE_MIN_MACS)
+            and batch * gates * width < STEPWISE_MIN_MACS)
 
 
 def all_float32(*tensors: Tensor | None) -> bool:
     return all(t is None or t.dtype is torch.float32 for t in tensors)
 
 
-def infer_small(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+def infer_small(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, w_hr=None):
     """`infer` for a call small_call admitted: out, h_n, c_n (None unless LSTM) from one compiled call.
 
-    x may be (N, I) rows or (T, B, I), h0 and c0 (B, H) or (1, B, H): out and the states come back in the same
+    x may be (N, I) rows or (T, B, I), h0 and c0 (B, .) or (1, B, .): out and the states come back in the same
     leading shapes (the quick lane then needs no views)."""
-    batch, hidden = h0.shape[-2], w_hh.shape[1]
-    out, h_n = empty(x, *x.shape[:-1], hidden), empty(x, *h0.shape)
-    c_n = empty(x, *h0.shape) if c0 is not None else None
+    batch, out_size = h0.shape[-2], h0.shape[-1]
+    hidden = c0.shape[-1] if c0 is not None else out_size  # an LSTM's projection makes them differ
+    out, h_n = empty(x, *x.shape[:-1], out_size), empty(x, *h0.shape)
+    c_n = empty(x, *c0.shape) if c0 is not None else None
     bias = b_ih is not None
     rows = x.numel() // x.shape[-1]
     # contiguous copies (where needed) must outlive the call: the compiled code reads their addresses
     x, w_ih, w_hh, h0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
-    b_ih, b_hh, c0 = (None if t is None else t.contiguous() for t in (b_ih, b_hh, c0))
+    b_ih, b_hh, c0, w_hr = (None if t is None else t.contiguous() for t in (b_ih, b_hh, c0, w_hr))
     k = kernels()
     k.short_call_entry()(k.SHORT_MODES[mode], gemm_fn(torch.float32), x.data_ptr(), w_ih.data_ptr(),
                          b_ih.data_ptr() if bias else None, w_hh.data_ptr(), b_hh.data_ptr() if bias else None,
-                         h0.data_ptr(), None if c0 is None else c0.data_ptr(), h_n.data_ptr(),
+                         None if w_hr is None else w_hr.data_ptr(), h0.data_ptr(),
+                         None if c0 is None else c0.data_ptr(), h_n.data_ptr(),
                          None if c_n is None else c_n.data_ptr(), out.data_ptr(), rows // batch, batch, x.shape[-1],
-                         hidden, bias, reverse)
+                         hidden, out_size, bias, reverse)
     return out, h_n, c_n
 
 

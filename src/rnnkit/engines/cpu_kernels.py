@@ -354,8 +354,8 @@ SHORT_GATES = (1, 1, 4, 3)
 DOT_MAX_ROWS = 2  # products of at most this many rows: dot products (see above)
 
 _p = types.voidptr
-SHORT_SIGNATURE = types.void(types.int64, types.int64, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, types.int64,
-                             types.int64, types.int64, types.int64, types.boolean, types.boolean)
+SHORT_SIGNATURE = types.void(types.int64, types.int64, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, types.int64,
+                             types.int64, types.int64, types.int64, types.int64, types.boolean, types.boolean)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -373,13 +373,15 @@ def times_transposed(fn, a, w, c, rows, beta):
             c[r, j] = acc + c[r, j] if beta else acc  # beta 0: c may hold anything, NaN included
 
 
-def short_call(mode, fn, x, w_ih, b_ih, w_hh, b_hh, h0, c0, h_n, c_n, out, steps, batch, inputs, hidden, bias, reverse):
-    """One layer, one direction, every step: out (T*B, H), h_n (B, H) and for LSTM c_n (B, H), written at the
-    given addresses. mode: MODES; fn: the BLAS sgemm_ address; b_ih, b_hh, c0, c_n are not read when absent."""
+def short_call(mode, fn, x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, h_n, c_n, out, steps, batch, inputs, hidden,
+               out_size, bias, reverse):
+    """One layer, one direction, every step: out (T*B, P), h_n (B, P) and for LSTM c_n (B, H), written at the
+    given addresses; P = out_size (an LSTM's proj_size, W_hr (P, H) at w_hr, or H). mode: SHORT_MODES; fn: the
+    BLAS sgemm_ address; b_ih, b_hh, w_hr, c0, c_n are not read when absent (bias False, out_size == hidden)."""
     f32 = np.float32
     g = SHORT_GATES[mode] * hidden
     n = steps * batch
-    w_hh_ = carray(w_hh, (g, hidden), f32)
+    w_hh_ = carray(w_hh, (g, out_size), f32)
     xp = np.empty((n, g), f32)  # (T*B, G*H) = x W_ih^T + b_ih, as torch.addmm forms it: C = b, then C += x W^T
     if bias:
         b_ih_ = carray(b_ih, (g,), f32)
@@ -392,22 +394,24 @@ def short_call(mode, fn, x, w_ih, b_ih, w_hh, b_hh, h0, c0, h_n, c_n, out, steps
     sizes = np.full(steps, batch, np.int64)
     offsets = np.arange(steps) * batch
     no_pack = np.zeros((0, 0, 0), f32)
-    h = carray(h_n, (batch, hidden), f32)
-    h[:, :] = carray(h0, (batch, hidden), f32)
-    out_ = carray(out, (n, hidden), f32)
+    h = carray(h_n, (batch, out_size), f32)
+    h[:, :] = carray(h0, (batch, out_size), f32)
+    out_ = carray(out, (n, out_size), f32)
     hp = np.empty((batch, g), f32)  # each step's h W_hh^T, formed here (own_product=False) for the kernel
-    c, cs, gates, m, cache = h, h, hp, h, hp  # typed placeholders; LSTM and GRU replace theirs
+    c, cs, gates, m, cache, w_hr_ = h, h, hp, h, hp, np.zeros((0, hidden), f32)  # placeholders of the right types
     if mode == 2:
         c = carray(c_n, (batch, hidden), f32)
         c[:, :] = carray(c0, (batch, hidden), f32)
         cs, gates, m = np.empty((batch, hidden), f32), np.empty((batch, g), f32), np.empty((batch, hidden), f32)
+        if out_size != hidden:
+            w_hr_ = carray(w_hr, (out_size, hidden), f32)
     elif mode == 3:
         cache = np.empty((batch, 4 * hidden), f32)
     for k in range(steps):
         times_transposed(fn, h, w_hh_, hp, batch, 0)
         if mode == 2:
-            lstm_forward(fn, xp, w_hh_, no_pack, b_hh_, np.zeros((0, hidden), f32), no_pack, h, c, sizes, offsets,
-                         reverse, out_, cs, gates, hp, m, False, k, k + 1, False)
+            lstm_forward(fn, xp, w_hh_, no_pack, b_hh_, w_hr_, no_pack, h, c, sizes, offsets, reverse, out_, cs,
+                         gates, hp, m, False, k, k + 1, False)
         elif mode == 3:
             gru_forward(fn, xp, w_hh_, no_pack, b_hh_, h, sizes, offsets, reverse, out_, cache, hp, False, k, k + 1,
                         False)

@@ -327,12 +327,12 @@ class RecurrentLayer(nn.Module):
 
     def quick_key(self, input, hx) -> tuple | None:
         """For a no-grad eager call on CPU float32 in the plainest form (padded time-major 3-D input, states None
-        or of exact shape, no projection, nothing random): the key under which forward remembers what it chose
+        or of exact shape, nothing random): the key under which forward remembers what it chose
         for such a call ("aten" or "engine"), so that the next one skips validation and choosing (quick_run):
         a decoder calling the layer once per step pays this bookkeeping on every step, tens of microseconds
         against torch.nn's few. The key holds everything the choice depends on; None: the general path."""
         if (type(input) is not Tensor or input.dim() != 3 or self.batch_first or input.dtype != torch.float32
-                or not input.is_cpu or self.proj_size or self.engine not in ("auto", "cpu")
+                or not input.is_cpu or self.engine not in ("auto", "cpu")
                 or (self.training and (self.dropout > 0 or self.weight_drop > 0))):
             return None
         steps, batch, size = input.shape
@@ -353,8 +353,10 @@ class RecurrentLayer(nn.Module):
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         if self.mode != "LSTM":
             return type(hx) is Tensor and hx.shape == shape and hx.dtype == torch.float32 and hx.is_cpu
+        h_shape = (shape[0], batch, self.proj_size) if self.proj_size else shape
         return (type(hx) is tuple and len(hx) == 2 and all(
-            type(s) is Tensor and s.shape == shape and s.dtype == torch.float32 and s.is_cpu for s in hx))
+            type(s) is Tensor and s.shape == want and s.dtype == torch.float32 and s.is_cpu
+            for s, want in zip(hx, (h_shape, shape))))
 
     def layer_inputs(self) -> list[int]:
         """The input size of each layer."""
@@ -377,9 +379,9 @@ class RecurrentLayer(nn.Module):
         small enough for the engine's single compiled call, as cpu.small_call admits) or "cpu" (its inference entry
         per layer)."""
         w_ih, w_hh, b_ih, b_hh, w_hr = self.direction_weights(0, 0)
-        small = (self.num_layers == 1 and not self.bidirectional and w_hr is None and (b_ih is None) == (b_hh is None)
+        small = (self.num_layers == 1 and not self.bidirectional and (b_ih is None) == (b_hh is None)
                  and engines.cpu.small_shape(steps, batch, self.input_size, *w_hh.shape)
-                 and engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh))
+                 and engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh, w_hr))
         return "small" if small else "cpu"
 
     def quick_run(self, how: str, input: Tensor, hx):
@@ -394,16 +396,16 @@ class RecurrentLayer(nn.Module):
         steps, batch, size = input.shape
         if hx is None:
             shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
-            h0 = torch.zeros(shape, dtype=input.dtype)
+            h0 = torch.zeros(shape[:2] + (self.proj_size or self.hidden_size,), dtype=input.dtype)
             c0 = torch.zeros(shape, dtype=input.dtype) if self.mode == "LSTM" else None
         else:
             h0, c0 = hx if self.mode == "LSTM" else (hx, None)
         if how == "small":  # one layer, one direction, one compiled call (cpu.small_call): a decoder's layer
-            w_ih, w_hh, b_ih, b_hh, _ = self.direction_weights(0, 0)
-            if not engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh):  # changed since: the general path says why
+            w_ih, w_hh, b_ih, b_hh, w_hr = self.direction_weights(0, 0)
+            if not engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh, w_hr):  # changed since: the general path says why
                 return None
-            # input (T, B, I), states (1, B, H): the compiled call sees rows; out (T, B, H), states (1, B, H)
-            out, h_n, c_n = engines.cpu.infer_small(self.mode, input, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+            # input (T, B, I), states (1, B, .): the compiled call sees rows; out (T, B, P), states (1, B, .)
+            out, h_n, c_n = engines.cpu.infer_small(self.mode, input, h0, c0, w_ih, w_hh, b_ih, b_hh, False, w_hr)
             return out, h_n if c_n is None else (h_n, c_n)
         weights = self.layer_weights()
         if how == "aten":
