@@ -375,13 +375,15 @@ class RecurrentLayer(nn.Module):
             self.hidden_size)
 
     def cpu_lane(self, steps: int, batch: int) -> str:
-        """How the quick lane runs a call whose every layer is on the CPU engine: "small" (one layer, one direction,
+        """How the quick lane runs a call whose every layer is on the CPU engine: "small" (one direction, every layer
         small enough for the engine's single compiled call, as cpu.small_call admits) or "cpu" (its inference entry
-        per layer)."""
-        w_ih, w_hh, b_ih, b_hh, w_hr = self.direction_weights(0, 0)
-        small = (self.num_layers == 1 and not self.bidirectional and (b_ih is None) == (b_hh is None)
-                 and engines.cpu.small_shape(steps, batch, self.input_size, *w_hh.shape)
-                 and engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh, w_hr))
+        per layer, through run_stack)."""
+        small = not self.bidirectional
+        for layer, inputs in enumerate(self.layer_inputs()):
+            w_ih, w_hh, b_ih, b_hh, w_hr = self.direction_weights(layer, 0)
+            small = small and ((b_ih is None) == (b_hh is None) and engines.cpu.small_shape(steps, batch, inputs,
+                                                                                              *w_hh.shape)
+                               and engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh, w_hr))
         return "small" if small else "cpu"
 
     def quick_run(self, how: str, input: Tensor, hx):
@@ -400,13 +402,8 @@ class RecurrentLayer(nn.Module):
             c0 = torch.zeros(shape, dtype=input.dtype) if self.mode == "LSTM" else None
         else:
             h0, c0 = hx if self.mode == "LSTM" else (hx, None)
-        if how == "small":  # one layer, one direction, one compiled call (cpu.small_call): a decoder's layer
-            w_ih, w_hh, b_ih, b_hh, w_hr = self.direction_weights(0, 0)
-            if not engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh, w_hr):  # changed since: the general path says why
-                return None
-            # input (T, B, I), states (1, B, .): the compiled call sees rows; out (T, B, P), states (1, B, .)
-            out, h_n, c_n = engines.cpu.infer_small(self.mode, input, h0, c0, w_ih, w_hh, b_ih, b_hh, False, w_hr)
-            return out, h_n if c_n is None else (h_n, c_n)
+        if how == "small":  # one direction, each layer one compiled call (cpu.small_call): a decoder's layer
+            return self.small_lane(input, h0, c0)
         weights = self.layer_weights()
         if how == "aten":
             out, h_n, c_n = engines.aten.run_stack(input, h0, c0, weights, self.dropout, self.training,
@@ -422,6 +419,26 @@ class RecurrentLayer(nn.Module):
                                       self.dropout, self.training)
         out = out.reshape(steps, batch, out.shape[-1])  # (T, B, D*H)
         return out, h_n if c_n is None else (h_n, c_n)
+
+    def small_lane(self, input: Tensor, h0: Tensor, c0: Tensor | None):
+        """run_lane's "small": input (T, B, I), states (L, B, .). One layer takes the states as they are (no views);
+        a stack feeds each layer's out (T, B, P) to the next and stacks the final states. None where a weight is no
+        longer float32 (changed since the choice: the general path then says why)."""
+        single = self.num_layers == 1
+        x, hs, cs = input, [], []
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh, w_hr = self.direction_weights(layer, 0)
+            if not engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh, w_hr):
+                return None
+            x, h, c = engines.cpu.infer_small(self.mode, x, h0 if single else h0[layer],
+                                              c0 if single or c0 is None else c0[layer], w_ih, w_hh, b_ih, b_hh,
+                                              False, w_hr)
+            hs.append(h)
+            cs.append(c)
+        h_n = hs[0] if single else torch.stack(hs)  # (L, B, P)
+        if c0 is None:
+            return x, h_n
+        return x, (h_n, cs[0] if single else torch.stack(cs))
 
     def aten_wins(self, rows: Rows, h0: Tensor, c0: Tensor | None, weights) -> bool:
         """engine="auto" on CPU found torch's own implementation faster than the CPU engine for this call's shape
