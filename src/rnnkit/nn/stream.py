@@ -2,8 +2,9 @@
 
 For online speech and time-series models, where input arrives a frame at a time. Calling the layer
 with a sequence of one step pays the whole-sequence machinery per frame (and torch.nn.LSTM its
-oneDNN set-up); `Stream.step` runs each layer's step as plain torch ops, the step math of
-`rnnkit.cells` that rnnkit's cells run, so a step costs what a few cell calls cost.
+oneDNN set-up); `Stream.step` runs each layer's step on its own: a no-grad float32 frame on CPU in one
+compiled call per layer (the CPU engine's `cpu.infer_small`), anything else as plain torch ops, the step
+math of `rnnkit.cells` that rnnkit's cells run.
 `Stream.chunk` runs the layer itself on a chunk of frames, from the carried state.
 
 The results equal one call of the layer on the whole sequence (tests/test_stream.py), in every
