@@ -328,8 +328,56 @@ def test_jit_trace_runs_a_second_shape(engine):
     assert_close(traced(x), cells(x), "output", "traced cells")
 
 
-@pytest.mark.parametrize("module", [rnnkit.LSTM(2, 3), Model("gru", "auto")], ids=["layer", "model"])
+@pytest.mark.parametrize("model", ["layers", "cells"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_jit_script_compiles_torch_nn_twins_on_the_same_parameters(family, model):
+    if model == "cells" and family != "lstm":
+        pytest.skip("one cell model holds all three cells")
+    """torch.jit.script compiles torch.nn's layer or cell in each rnnkit module's place (nn/twin.py), holding the
+    same Parameter objects: torch.nn's numbers, and a step of the scripted model trains the rnnkit one."""
+    torch.manual_seed(8)
+    module = Model(family, "auto") if model == "layers" else ScriptableCells()
+    x = torch.randint(0, 11, (3, 5)) if model == "layers" else torch.randn(3, 2, 4)
+    expected = module(x)
+    params = dict(module.named_parameters())
+    scripted = torch.jit.script(module)
+    assert_close(scripted(x), expected, "output", f"{family} {model} scripted")
+    assert {n: id(p) for n, p in scripted.named_parameters()} == {n: id(p) for n, p in params.items()}
+    before = params["head.weight" if model == "layers" else "gru.weight_hh"].detach().clone()
+    scripted(x).sum().backward()
+    torch.optim.SGD(scripted.parameters(), lr=0.1).step()
+    assert not torch.equal(before, params["head.weight" if model == "layers" else "gru.weight_hh"])
+
+
+class ScriptableCells(torch.nn.Module):
+    """CellModel's loop written as TorchScript wants it (states typed from the start)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.gru, self.rnn = rnnkit.LSTMCell(4, 5), rnnkit.GRUCell(5, 5), rnnkit.RNNCell(5, 5)
+
+    def forward(self, x):  # (T, B, 4)
+        h = torch.zeros(x.shape[1], 5)
+        state, h2, h3, outs = (h, h), h, h, []
+        for x_t in x:
+            state = self.lstm(x_t, state)
+            h2 = self.gru(state[0], h2)
+            h3 = self.rnn(h2, h3)
+            outs.append(h3)
+        return torch.stack(outs)
+
+
+class OwnForward(rnnkit.GRU):
+    def forward(self, input, hx=None):
+        return super().forward(input, hx)
+
+
+@pytest.mark.parametrize("module", [rnnkit.LSTM(2, 3, layer_norm=True), rnnkit.GRU(2, 3, zoneout=0.1),
+                                    rnnkit.MinGRU(2, 3), rnnkit.GRU(2, 3, engine="reference"),
+                                    rnnkit.GRUCell(2, 3, engine="cpu"), OwnForward(2, 3)],
+                         ids=["layer_norm", "zoneout", "mingru", "engine_named", "cell_engine_named", "subclass"])
 def test_jit_script_says_what_to_use_instead(module):
+    """What has no torch.nn twin (or must not fall back to one) raises, saying what works instead."""
     with pytest.raises(RuntimeError, match="torch.jit.trace, torch.export.export or torch.compile"):
         torch.jit.script(module)
 

@@ -91,6 +91,13 @@ class RecurrentCell(nn.Module):
             s += f", nonlinearity={self.nonlinearity}"
         return s
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first and compiles what it returns: torch.nn's twin of this cell, holding
+        its Parameter objects (nn/twin.py)."""
+        from .twin import cell_twin
+
+        return cell_twin(self, {"LSTM": LSTMCell, "GRU": GRUCell}.get(self.mode, RNNCell))
+
     def step(self, input: Tensor, states: tuple[Tensor | None, ...]) -> tuple[Tensor, ...]:
         """Validate, run one step, return the new states (unbatched when the input was).
 

@@ -214,9 +214,11 @@ class RecurrentLayer(nn.Module):
                 nn.init.uniform_(p, -bound, bound)
 
     def __prepare_scriptable__(self):
-        """torch.jit.script calls this first: say what works instead of failing deep inside TorchScript."""
-        raise RuntimeError(f"{type(self).__name__}: torch.jit.script cannot compile rnnkit layers (their engines are "
-                           "Python operators); use torch.jit.trace, torch.export.export or torch.compile instead")
+        """torch.jit.script calls this first and compiles what it returns: torch.nn's twin of this layer, holding
+        its Parameter objects (nn/twin.py), or an error that says what to use instead."""
+        from .twin import layer_twin
+
+        return layer_twin(self, {"LSTM": LSTM, "GRU": GRU}.get(self.mode, RNN))
 
     def flatten_parameters(self) -> None:
         """No-op, for drop-in compatibility: rnnkit keeps no flat cuDNN weight buffer."""
