@@ -155,6 +155,31 @@ def test_a_batch_of_upstream_gradients(family, engine, dtype):
     assert_close(ours_vmap, theirs_vmap, "grad", f"{family} {engine} vmap over the backward")
 
 
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("engine", [*ENGINES, "auto", "aten"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_mode_ad_equals_torch(family, engine, dtype, grad_mode):
+    """torch.autograd.forward_ad dual tensors (a jvp without torch.func): the engines have no jvp rule, so a dual
+    level sends the call to plain ops; repeated calls too (no quick lane). torch.nn's float32 LSTM fails here
+    (oneDNN has no forward-AD formula), so the tangent is compared with torch.nn's in float64."""
+    import torch.autograd.forward_ad as fwad
+
+    if engine == "aten" and (family != "lstm" or dtype != torch.float32):
+        pytest.skip("the aten engine runs float32 LSTMs only")
+    torch.manual_seed(10)
+    ours, theirs = layer_pair(family, {"num_layers": 2}, engine, dtype=dtype)
+    theirs.double()
+    x, tangent = torch.randn(T, B, I, dtype=dtype), torch.randn(T, B, I, dtype=dtype)
+    with fwad.dual_level():
+        want = fwad.unpack_dual(theirs(fwad.make_dual(x.double(), tangent.double()))[0]).tangent
+    for call in range(3):
+        with torch.set_grad_enabled(grad_mode), fwad.dual_level():
+            got = fwad.unpack_dual(ours(fwad.make_dual(x, tangent))[0]).tangent
+        assert got is not None, f"{family} {engine}: the tangent was lost"
+        assert_close(got, want.to(dtype), "grad", f"{family} {engine} call {call}")
+
+
 # ---------------------------------------------------------------- torch.func
 
 

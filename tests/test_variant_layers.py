@@ -71,6 +71,19 @@ def test_a_batch_of_upstream_gradients(kind):
 
 
 @pytest.mark.parametrize("kind", LAYERS)
+def test_forward_mode_ad_equals_a_jvp_by_double_backward(kind):
+    """torch.autograd.forward_ad dual tensors: the same Jacobian-vector product as torch.autograd.functional.jvp."""
+    import torch.autograd.forward_ad as fwad
+
+    layer = make(kind, torch.float64)
+    x, tangent = torch.randn(3, 2, 3, dtype=torch.float64), torch.randn(3, 2, 3, dtype=torch.float64)
+    with fwad.dual_level():
+        got = fwad.unpack_dual(layer(fwad.make_dual(x, tangent))[0]).tangent
+    _, want = torch.autograd.functional.jvp(lambda v: layer(v)[0], x, tangent)
+    assert_close(got, want, "grad", kind)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
 def test_torch_func_grad_equals_autograd(kind):
     layer = make(kind, torch.float64)
     params = dict(layer.named_parameters())

@@ -130,7 +130,7 @@ def run_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, revers
     sizes = tuple(batch_sizes.tolist()) if isinstance(batch_sizes, Tensor) else batch_sizes
     if why_not_call(mode, x, sizes, w_hr) is not None:
         return ops.run_layer(handover(x), mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    if x.shape[0] and not torch._C._are_functorch_transforms_active() and not (
+    if x.shape[0] and not ops.plain_ops_only() and not (
             torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                             for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))):
         steps = x.shape[0] // h0.shape[0]

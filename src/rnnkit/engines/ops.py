@@ -22,8 +22,8 @@ Derivatives the hand-derived BPTT cannot give are handed to autograd, never comp
 - double backward (`create_graph=True`, gradgradcheck, Hessian-vector products): the backward,
   called with grad mode on, runs the forward again as plain torch ops
   (`reference.autograd_forward`) and differentiates that, so every order of derivative is exact;
-- torch.func transforms (grad, vmap, jacrev, vjp, jvp): `run_layer` sees them active and runs the
-  plain-ops loop in the first place; torch.func differentiates and batches plain ops itself;
+- torch.func transforms (grad, vmap, jacrev, vjp, jvp) and forward-mode AD (dual tensors): `run_layer` sees
+  them active and runs the plain-ops loop in the first place; torch differentiates and batches plain ops itself;
 - a batch of upstream gradients (`torch.autograd.grad(..., is_grads_batched=True)`, which gradcheck uses
   by default, or torch.func.vmap over a backward of a graph built outside it): the hand-derived BPTT
   reads raw memory, which batched tensors do not have, so the backward differentiates the plain-ops
@@ -156,6 +156,12 @@ def grad_formula(backward):
     return formula
 
 
+def plain_ops_only() -> bool:
+    """Whether only plain torch ops can serve the call: a torch.func transform is active, or a forward-mode AD
+    level (torch.autograd.forward_ad.dual_level), whose dual tensors need a jvp rule the engines do not have."""
+    return torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0
+
+
 def needs_autograd(*grads: Tensor | None) -> bool:
     """Whether a backward must differentiate plain ops rather than run the hand-derived BPTT: with create_graph
     (the gradient itself must be differentiable), under a torch.func transform, or when an upstream gradient is
@@ -286,7 +292,7 @@ def run_layer(engine: str, mode: str, x: Tensor, batch_sizes, h0: Tensor, c0: Te
     if isinstance(batch_sizes, (tuple, list)):
         padded = h0.shape[0] > 0 and all(b == h0.shape[0] for b in batch_sizes)  # no set(): sizes may be symbolic
         batch_sizes = None if padded else torch.tensor(batch_sizes, dtype=torch.int64)
-    if torch._C._are_functorch_transforms_active():  # grad, vmap, jacrev...: plain ops, which torch.func handles
+    if plain_ops_only():  # grad, vmap, jacrev, forward-mode AD: plain ops, which torch differentiates itself
         return reference.autograd_forward(mode, x, steps(batch_sizes, x, h0), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                           reverse)
     args = (mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)

@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .ops import in_onnx_export
+from .ops import in_onnx_export, plain_ops_only
 
 FORMAT = 1
 CAL_STEPS = 16  # calibration times the first CAL_STEPS // 4 and CAL_STEPS steps of the call (fewer if T is)
@@ -199,8 +199,7 @@ def enabled() -> bool:
 
 def tracing() -> bool:
     """True where timing must not run and the operator must stay fixed: compile/export, torch.func, trace, ONNX."""
-    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or torch.jit.is_tracing() or in_onnx_export())
+    return (torch.compiler.is_compiling() or plain_ops_only() or torch.jit.is_tracing() or in_onnx_export())
 
 
 def shape_class(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:

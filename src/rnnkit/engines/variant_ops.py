@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from . import cpu
-from .ops import needs_autograd, no_autocast, steps
+from .ops import needs_autograd, no_autocast, plain_ops_only, steps
 
 FAMILY_NAMES = ("lstm_plus", "gru_plus", "minimal", "slstm")
 
@@ -239,7 +239,7 @@ def run(family_name: str, engine_name: str, config: str, xp: Tensor, batch_sizes
         batch = states[0].shape[0]
         padded = batch > 0 and all(b == batch for b in batch_sizes)
         batch_sizes = None if padded else torch.tensor(batch_sizes, dtype=torch.int64)
-    if torch._C._are_functorch_transforms_active():  # torch.func: plain ops, which it transforms itself
+    if plain_ops_only():  # torch.func or forward-mode AD: plain ops, which torch transforms itself
         return family(family_name).autograd_forward(config, xp, steps(batch_sizes, xp, states[0]), states, params,
                                                     masks, reverse)
     result = operator(family_name, engine_name)(config, xp, batch_sizes, states, params, masks, reverse)

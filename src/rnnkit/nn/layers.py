@@ -343,7 +343,7 @@ class RecurrentLayer(nn.Module):
                 or not weight.is_cpu or not self.quick_states(hx, batch)):
             return None
         if (torch.is_autocast_enabled("cpu") or not engines.ops.eager((input,))
-                or torch._C._are_functorch_transforms_active() or engines.ops.in_onnx_export()):
+                or engines.ops.plain_ops_only() or engines.ops.in_onnx_export()):
             return None
         return (steps, batch, self.engine, engines.auto_choice(), engines.tune.generation(),
                 engines.tune.enabled(), torch.get_num_threads())
@@ -448,7 +448,8 @@ class RecurrentLayer(nn.Module):
         torch.lstm / torch.gru / torch.rnn_* won a timing of the whole stack against rnnkit's (short calls, where
         rnnkit's Python per call outweighs the work). Padded float32 only, no projection."""
         data = rows.data
-        if self.proj_size or rows.batch_sizes is not None or data.dtype != torch.float32 or data.shape[0] == 0:
+        if (self.proj_size or rows.batch_sizes is not None or data.dtype != torch.float32 or data.shape[0] == 0
+                or engines.ops.plain_ops_only()):  # torch's stack has no vmap or forward-AD rule on oneDNN
             return False
         tensors = [data, h0, c0, *(w for layer in weights for ws in layer for w in ws if w is not None)]
         train = engines.tune.needs_grad(*tensors)
