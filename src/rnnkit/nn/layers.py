@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache, partial
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -109,11 +109,18 @@ def cast_states(hx, dtype: torch.dtype):
     return hx
 
 
-@lru_cache(maxsize=None)
 def weight_names(layer: int, direction: int) -> tuple[str, ...]:
-    """torch.nn's parameter names of one layer and direction: w_ih, w_hh, b_ih, b_hh, w_hr."""
-    suffix = f"_l{layer}" + ("_reverse" if direction else "")
-    return tuple(f"{k}{suffix}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+    """torch.nn's parameter names of one layer and direction: w_ih, w_hh, b_ih, b_hh, w_hr. Memoized in a plain dict:
+    torch.compile warns at every functools.lru_cache it traces through."""
+    names = _WEIGHT_NAMES.get((layer, direction))
+    if names is None:
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        names = _WEIGHT_NAMES[layer, direction] = tuple(
+            f"{k}{suffix}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+    return names
+
+
+_WEIGHT_NAMES: dict[tuple[int, int], tuple[str, ...]] = {}
 
 
 class RecurrentLayer(nn.Module):
