@@ -293,6 +293,22 @@ def compiled_equals_eager(model, x):
         assert_close(a, b, "grad", "compiled")
 
 
+@pytest.mark.parametrize("module", ["layer", "bidir_stack", "cell"])
+def test_compile_warns_about_nothing(module):
+    """Compiling an rnnkit module raises no warning (an lru_cache in the traced code made Dynamo warn of "silent
+    incorrectness" on every compile)."""
+    import warnings
+
+    torch._dynamo.reset()
+    layer = {"layer": lambda: rnnkit.GRU(I, H), "bidir_stack": lambda: rnnkit.LSTM(I, H, 2, bidirectional=True),
+             "cell": lambda: rnnkit.LSTMCell(I, H)}[module]()
+    x = torch.randn(B, I) if module == "cell" else torch.randn(T, B, I)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    assert [str(w.message) for w in caught] == []
+
+
 @pytest.mark.parametrize("engine", ["auto", *ENGINES, "triton"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_compile_fullgraph_without_breaks(family, engine):
