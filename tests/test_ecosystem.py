@@ -542,3 +542,49 @@ def test_autocast_cpu_cells_match_torch(family, input_dtype, engine):
     for a, b in zip(got, expected, strict=True):
         assert a.dtype == b.dtype, f"{family} on {engine}: rnnkit returns {a.dtype}, torch.nn {b.dtype}"
         assert_close(a.to(torch.bfloat16), b.to(torch.bfloat16), "output", family)
+
+
+# ---------------------------------------------------------------- FLOP counting and meta tensors
+
+
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "bidirectional": True}, {"proj_size": 2}],
+                         ids=["plain", "2layers_bidir", "proj"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_flop_counter_counts_what_torch_nn_counts(family, options):
+    """FlopCounterMode sees each rnnkit operator whole and counts its registered formula: the forward's FLOPs equal
+    torch.nn's (float64, where torch runs aten's loop of matrix products, which the mode counts; its float32 LSTM
+    runs oneDNN, which the mode cannot see); the backward's are counted too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if "proj_size" in options and family != "lstm":
+        pytest.skip("proj_size is an LSTM option")
+    ours, theirs = layer_pair(family, options, "auto")
+    x = inputs({})
+    counts = []
+    for module in (theirs, ours, ours.float()):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(x.to(next(module.parameters()).dtype))
+        counts.append(counter.get_total_flops())
+    assert counts[0] > 0 and counts == [counts[0]] * 3, counts
+    with FlopCounterMode(display=False) as counter:
+        ours.double()(x)[0].sum().backward()
+    backward = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "backward" in str(k))
+    assert backward >= counts[0], (backward, counts[0])
+
+
+@pytest.mark.parametrize("module", ["RNN", "LSTM", "GRU", "LSTM_proj_bidir", "RNNCell", "LSTMCell", "GRUCell",
+                                    "ln_gru", "mingru"])
+def test_meta_tensors_give_torch_nn_shapes(module):
+    """A forward on the meta device (shape inference: init_empty_weights, FLOP estimates) gives torch.nn's shapes."""
+    build = {"RNN": lambda ns: ns.RNN(I, H, 2), "LSTM": lambda ns: ns.LSTM(I, H, batch_first=True),
+             "GRU": lambda ns: ns.GRU(I, H), "LSTM_proj_bidir": lambda ns: ns.LSTM(I, H, proj_size=2, bidirectional=True),
+             "RNNCell": lambda ns: ns.RNNCell(I, H), "LSTMCell": lambda ns: ns.LSTMCell(I, H),
+             "GRUCell": lambda ns: ns.GRUCell(I, H), "ln_gru": lambda ns: rnnkit.GRU(I, H, layer_norm=True),
+             "mingru": lambda ns: rnnkit.MinGRU(I, H)}[module]
+    x = torch.randn(B, I) if module.endswith("Cell") else torch.randn(T, B, I)
+    twin = torch.nn if module in ("RNN", "LSTM", "GRU", "LSTM_proj_bidir") or module.endswith("Cell") else rnnkit
+    with torch.device("meta"):
+        ours = build(rnnkit)
+    want = [t.shape for t in torch.utils._pytree.tree_leaves(build(twin)(x))]
+    got = torch.utils._pytree.tree_leaves(ours(x.to("meta")))
+    assert all(t.is_meta for t in got) and [t.shape for t in got] == want

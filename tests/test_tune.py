@@ -370,3 +370,21 @@ def test_no_timing_in_a_distributed_job(monkeypatch):
     check_against_reference(auto, ref, torch.randn(6, 2, 3))
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 1)
     assert tune.enabled()
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_nothing_is_timed_under_a_dispatch_mode(name, own_cache):
+    """Under FlopCounterMode (or any dispatch mode) auto times nothing: the mode would count every timed run, and the
+    timings would measure the mode. A choice timed before still applies there."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = getattr(rnnkit, name)(3, 5, num_layers=2)
+    x = torch.randn(6, 2, 3)
+    with FlopCounterMode(display=False) as counter:
+        layer(x)[0].sum().backward()
+    assert tune.table() == {} and not list(own_cache.glob("*.json")), "nothing may be timed under the mode"
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    assert set(counts) == {"rnnkit.cpu_forward", "rnnkit.cpu_backward"}, counts
+    with torch.no_grad():
+        layer(x)  # outside the mode: timed now
+    assert tune.table(), "the call outside the mode should have timed its shape class"

@@ -53,10 +53,19 @@ def steps(batch_sizes: Tensor | None, x: Tensor, h0: Tensor) -> tuple[int, ...]:
     return (batch,) * (x.shape[0] // batch) if batch else (0,)
 
 
+def autocast_on(device_type: str) -> bool:
+    """torch.is_autocast_enabled(device_type), and False for a device type autocast does not know (meta tensors,
+    for shape inference), where torch raises."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def no_autocast(x: Tensor):
     """The engines compute in the dtypes they are given: the caller (rnnkit.nn) applied autocast's policy."""
     device = x.device.type
-    return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
+    return torch.autocast(device, enabled=False) if autocast_on(device) else contextlib.nullcontext()
 
 
 def absent(t: Tensor | None, like: Tensor) -> Tensor:
@@ -277,8 +286,36 @@ def differentiable_grads(ctx, inputs: tuple, batch_sizes: tuple[int, ...], d_out
     return grads
 
 
+def forward_flops(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out_shape=None) -> int:
+    """Floating-point operations of a forward operator, from shapes, as torch counts a matrix product (2 per
+    multiply-add): the input projection and each step's recurrent product (and an LSTM's projection)."""
+    (n, inputs), (gates, width) = x, w_hh
+    return 2 * n * gates * (inputs + width) + projection_flops(n, w_hr)
+
+
+def backward_flops(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, out, saved0, saved1, saved2,
+                   d_out, d_h_n, d_c_n, need_dx, out_shape=None) -> int:
+    """The backward operator's products: dx (if asked), dW_ih, dW_hh and each step's gradient into h_{t-1}."""
+    (n, inputs), (gates, width) = x, w_hh
+    return 2 * n * gates * (inputs * (2 if need_dx else 1) + 2 * width) + 2 * projection_flops(n, w_hr)
+
+
+def projection_flops(n: int, w_hr) -> int:
+    return 2 * n * w_hr[0] * w_hr[1] if w_hr is not None and len(w_hr) == 2 else 0
+
+
+def register_flop_formulas() -> None:
+    """torch.utils.flop_counter.FlopCounterMode sees each operator whole (its inner products run below the mode),
+    so it counts what these formulas say: the same total torch.nn's layers report through their matrix products."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    register_flop_formula([getattr(torch.ops.rnnkit, f"{name}_forward") for name in ENGINE_MODULES])(forward_flops)
+    register_flop_formula([getattr(torch.ops.rnnkit, f"{name}_backward") for name in ENGINE_MODULES])(backward_flops)
+
+
 OPS = {name: define(name) for name in ENGINE_MODULES}
 EAGER = {name: eager_function(name) for name in ENGINE_MODULES}
+register_flop_formulas()
 onnx.install()  # torch.onnx.export translates these operators once it loads its registry
 
 

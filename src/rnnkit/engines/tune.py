@@ -198,8 +198,16 @@ def enabled() -> bool:
 
 
 def tracing() -> bool:
-    """True where timing must not run and the operator must stay fixed: compile/export, torch.func, trace, ONNX."""
+    """True where timing must not run and the operator must stay fixed: compile/export, torch.func, forward-mode AD,
+    trace, ONNX."""
     return (torch.compiler.is_compiling() or plain_ops_only() or torch.jit.is_tracing() or in_onnx_export())
+
+
+def modes_active() -> bool:
+    """A torch dispatch or function mode is active (FlopCounterMode, FakeTensorMode, a user's mode): choices already
+    timed still apply, but nothing is timed now: the mode would see, and count, every timed run, and the timings
+    would measure the mode."""
+    return torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
 
 
 def shape_class(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:
@@ -259,7 +267,7 @@ def choose(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse) 
     entry = _table.get(key) if _table is not None else None
     if entry is not None:  # the common case, kept cheap: a cell call runs this on every step
         return entry["engine"]
-    if cpu.why_not(x) is not None or aten.why_not_call(mode, x, None, w_hr) is not None:
+    if cpu.why_not(x) is not None or aten.why_not_call(mode, x, None, w_hr) is not None or modes_active():
         return "cpu"
     with _lock:
         entry = table().get(key)
@@ -401,6 +409,8 @@ def stack_is_torch(mode: str, train: bool, steps: int, batch: int, inputs: list[
     key = stack_key(mode, train, steps, batch, inputs[0], hidden, len(inputs), directions)
     entry = _table.get(key) if _table is not None else None
     if entry is None:
+        if modes_active():
+            return False
         with _lock:
             entry = table().get(key)
             if entry is None:

@@ -111,7 +111,7 @@ class RecurrentCell(nn.Module):
         want = (input.shape[0], hidden) if dims == 2 else (hidden,)  # each state's shape
         for s in states:
             if s is not None and (not isinstance(s, Tensor) or s.shape != want or (
-                    s.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type))):
+                    s.dtype != input.dtype and not engines.ops.autocast_on(input.device.type))):
                 checks.cell_call(type(self).__name__, input, states, self.input_size, hidden, self.weight_ih)
         x = input if dims == 2 else input.unsqueeze(0)  # (B, I)
         zeros = None
@@ -151,7 +151,7 @@ class RecurrentCell(nn.Module):
     def engine_step(self, x: Tensor, full: list[Tensor]) -> tuple[Tensor, ...]:
         """One step on the engine the cell names: a sequence of length one. x: (B, I)."""
         dtype = self.weight_ih.dtype
-        if torch.is_autocast_enabled(x.device.type):  # the dtype torch's cell operators compute in there
+        if engines.ops.autocast_on(x.device.type):  # the dtype torch's cell operators compute in there
             low = torch.get_autocast_dtype(x.device.type)
             low_in = x.dtype == low or any(s.dtype == low for s in full)  # torch's cell then returns low
             dtype = low if self.mode.startswith("RNN") or low_in else dtype

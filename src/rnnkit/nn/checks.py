@@ -12,6 +12,8 @@ import numbers
 import torch
 from torch import Tensor
 
+from ..engines.ops import autocast_on
+
 
 def shape(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
@@ -110,7 +112,7 @@ def input_matches_weights(name: str, data: Tensor, weight: Tensor, input_size: i
     if not data.is_floating_point():
         raise dtype_error(f"{name}: input must be a floating-point tensor of dtype {weight.dtype}, "
                          f"got {data.dtype}. Convert input: input.to({weight.dtype})")
-    if data.dtype != weight.dtype and not torch.is_autocast_enabled(data.device.type):
+    if data.dtype != weight.dtype and not autocast_on(data.device.type):
         # "RNN input dtype" for every layer: torch.nn's words, which its tests match
         raise dtype_error(f"{name}: RNN input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
                          f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})")
@@ -225,7 +227,7 @@ def cell_call(name: str, input, states: tuple, input_size: int, hidden_size: int
                                f"{hidden_size} ({what})")
     input_matches_weights(name, input, weight, input_size, dtype_error=RuntimeError)
     for k, s in enumerate(states):
-        if s is not None and s.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+        if s is not None and s.dtype != input.dtype and not autocast_on(input.device.type):
             raise RuntimeError(f"{name}: {STATE_NAMES[k]} dtype ({s.dtype}) does not match input dtype "
                                f"({input.dtype})")
         if s is not None and s.device != input.device:

@@ -89,7 +89,7 @@ def autocast_dtype(mode: str, device_type: str, input, hx=None) -> torch.dtype |
     LSTM and RNN run in it and return it; GRU is not on the list: it stays in float32 for a float32
     input and float32 state (and runs in the low dtype when the input or the state already is).
     """
-    if not torch.is_autocast_enabled(device_type):
+    if not engines.ops.autocast_on(device_type):
         return None
     low = torch.get_autocast_dtype(device_type)
     data = input.data if isinstance(input, PackedSequence) else input

@@ -47,7 +47,7 @@ def variant_forward(layer: RecurrentLayer, family: str, input, hx, lengths):
     no policy for them, and casting half of their ops, the products but not the layer norms, would mix
     dtypes at the operator): the output has the input's dtype, and so do the states they start from."""
     data = input.data if isinstance(input, PackedSequence) else input
-    if isinstance(data, Tensor) and torch.is_autocast_enabled(data.device.type):
+    if isinstance(data, Tensor) and engines.ops.autocast_on(data.device.type):
         with torch.autocast(data.device.type, enabled=False):  # states carried from a low-dtype call: the input's
             return variant_forward(layer, family, input, cast_states(hx, data.dtype), lengths)
     name = type(layer).__name__
