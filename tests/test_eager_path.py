@@ -239,3 +239,39 @@ def test_a_weight_changed_since_the_choice_is_not_run_quick(name):
             twin(x)
         with pytest.raises(RuntimeError, match="weight_hh_l0 of torch.float64"):
             layer(x)
+
+
+@pytest.mark.parametrize("winner", ["aten", "cpu"])
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_grad_mode_replays_only_torchs_stack(name, winner, monkeypatch, tmp_path):
+    """A decoder trained one step at a time calls the layer with grad mode on: where the whole-stack timing chose
+    torch's stack, the quick lane replays it (autograd differentiates torch's own ops: the same gradients as
+    torch.nn, bit for bit); where rnnkit's engine won, the general path runs (the quick lanes are inference entries)."""
+    from rnnkit.engines import tune
+
+    monkeypatch.setenv("RNNKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("RNNKIT_TUNE", raising=False)
+    tune.forget()
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: {"engine": "cpu"})
+    monkeypatch.setattr(tune, "time_stacks", lambda *a, **k: {"engine": winner})
+    torch.manual_seed(4)
+    ours, theirs = getattr(rnnkit, name)(5, 7), getattr(torch.nn, name)(5, 7)
+    theirs.load_state_dict(ours.state_dict())
+    xs = torch.randn(4, 1, 2, 5, requires_grad=True)
+    seen = []
+    ours.quick_run = lambda *a, _run=ours.quick_run: seen.append(1) or _run(*a)
+    results = []
+    for module in (ours, theirs):
+        state, outs = None, []
+        for x in xs:
+            out, state = module(x, state)
+            outs.append(out)
+        total = torch.cat(outs)
+        results.append((total, *torch.autograd.grad(total, [xs, *module.parameters()], torch.ones_like(total))))
+    tune.forget()
+    assert len(seen) == (3 if winner == "aten" else 0), "the steps after the first should replay torch's stack"
+    for a, b in zip(*results, strict=True):
+        if winner == "aten":
+            assert torch.equal(a, b)
+        else:
+            assert_close(a, b, "grad")

@@ -236,8 +236,8 @@ def test_a_stack_aten_won_runs_as_torch_nn_runs_it(layout, monkeypatch):
     x = torch.randn(6, 4, 3, requires_grad=True)
     auto(x)  # the first call times (here: is told) every layer's class; the next takes the whole-stack path
     calls = []
-    real = aten.run_stack
-    monkeypatch.setattr(aten, "run_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = aten.torch_stack  # what the general path (aten.run_stack) and the quick lane call
+    monkeypatch.setattr(aten, "torch_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(1)
     (a, (ha, ca)) = auto(x)
     torch.manual_seed(1)
@@ -256,7 +256,7 @@ def test_a_stack_aten_won_runs_as_torch_nn_runs_it(layout, monkeypatch):
 
 def test_the_whole_stack_path_is_not_taken_where_it_cannot_run(monkeypatch):
     monkeypatch.setattr(tune, "calibrate", lambda *a, **k: {"engine": "aten"})
-    monkeypatch.setattr(aten, "run_stack", lambda *a, **k: pytest.fail("whole-stack path taken"))
+    monkeypatch.setattr(aten, "torch_stack", lambda *a, **k: pytest.fail("whole-stack path taken"))
     torch.manual_seed(0)
     lstm = rnnkit.LSTM(3, 5)
     x = torch.randn(6, 4, 3)
@@ -307,8 +307,8 @@ def test_gru_and_rnn_stack_choice_gives_the_same_results(case, grad, strategy, m
     stack (torch.gru, torch.rnn_*), which then gives torch.nn's to the last bit."""
     monkeypatch.setattr(tune, "time_stacks", lambda runners, steps: {"engine": strategy})
     calls = []
-    real = aten.run_stack
-    monkeypatch.setattr(aten, "run_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = aten.torch_stack  # what the general path (aten.run_stack) and the quick lane call
+    monkeypatch.setattr(aten, "torch_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
     name, kw = GRU_RNN[case]
     torch.manual_seed(0)
     auto, ref, theirs = (getattr(rnnkit, name)(3, 5, **kw), getattr(rnnkit, name)(3, 5, engine="reference", **kw),
@@ -351,7 +351,7 @@ def test_large_calls_are_not_timed_as_a_whole_stack(own_cache, monkeypatch):
 
     monkeypatch.setattr(layers, "STACK_TIMING_MAX_MACS", 0)
     monkeypatch.setattr(tune, "time_stacks", lambda *a, **k: pytest.fail("a whole-stack timing ran"))
-    monkeypatch.setattr(aten, "run_stack", lambda *a, **k: pytest.fail("torch's stack ran"))
+    monkeypatch.setattr(aten, "torch_stack", lambda *a, **k: pytest.fail("torch's stack ran"))
     gru, ref = rnnkit.GRU(3, 4), rnnkit.GRU(3, 4, engine="reference")
     ref.load_state_dict(gru.state_dict())
     x = torch.randn(5, 2, 3)

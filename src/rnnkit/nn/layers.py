@@ -292,8 +292,9 @@ class RecurrentLayer(nn.Module):
         if family is not None:  # a cell torch.nn does not have (rnnkit.nn.variants)
             from .variants import variant_forward
             return variant_forward(self, family, input, hx, lengths)
-        quick = self.quick_key(input, hx) if lengths is None and not torch.is_grad_enabled() else None
-        if quick is not None and (how := self.__dict__.get("_quick", {}).get(quick)) is not None:
+        quick = self.quick_key(input, hx) if lengths is None else None
+        if quick is not None and (how := self.__dict__.get("_quick", {}).get(quick)) is not None and (
+                how == "aten" or not quick[-1]):  # with grad mode on, only torch's stack (autograd's own ops)
             result = self.quick_run(how, input, hx)
             if result is not None:
                 return result
@@ -335,11 +336,13 @@ class RecurrentLayer(nn.Module):
         return self.from_rows(out, [h_n] if c_n is None else [h_n, c_n], rows, form)
 
     def quick_key(self, input, hx) -> tuple | None:
-        """For a no-grad eager call on CPU float32 in the plainest form (padded time-major 3-D input, states None
-        or of exact shape, nothing random): the key under which forward remembers what it chose
-        for such a call ("aten" or "engine"), so that the next one skips validation and choosing (quick_run):
-        a decoder calling the layer once per step pays this bookkeeping on every step, tens of microseconds
-        against torch.nn's few. The key holds everything the choice depends on; None: the general path."""
+        """For an eager call on CPU float32 in the plainest form (padded time-major 3-D input, states None or of
+        exact shape, nothing random): the key under which forward remembers what it chose for such a call
+        ("aten", "small", "cpu" or "engine"), so that the next one skips validation and choosing (quick_run): a
+        decoder calling the layer once per step pays this bookkeeping on every step, tens of microseconds against
+        torch.nn's few. The key holds everything the choice depends on, grad mode last: with grad mode on only
+        "aten" is replayed (torch's stack, which autograd differentiates itself); the other lanes are inference
+        entries. None: the general path."""
         if (type(input) is not Tensor or input.dim() != 3 or self.batch_first or input.dtype != torch.float32
                 or not input.is_cpu or self.engine not in ("auto", "cpu")
                 or (self.training and (self.dropout > 0 or self.weight_drop > 0))):
@@ -353,7 +356,7 @@ class RecurrentLayer(nn.Module):
                 or engines.ops.plain_ops_only() or engines.ops.in_onnx_export()):
             return None
         return (steps, batch, self.engine, engines.auto_choice(), engines.tune.generation(),
-                engines.tune.enabled(), torch.get_num_threads())
+                engines.tune.enabled(), torch.get_num_threads(), torch.is_grad_enabled())
 
     def quick_states(self, hx, batch: int) -> bool:
         """hx is None, or plain CPU float32 states of exactly the expected shape."""
@@ -414,18 +417,18 @@ class RecurrentLayer(nn.Module):
         if how == "small":  # one direction, each layer one compiled call (cpu.small_call): a decoder's layer
             return self.small_lane(input, h0, c0)
         weights = self.layer_weights()
-        if how == "aten":
-            out, h_n, c_n = engines.aten.run_stack(input, h0, c0, weights, self.dropout, self.training,
-                                                   self.bidirectional, self.mode)
-        else:
-            if how == "cpu":  # every layer on the CPU engine (cpu_every_layer): its inference entry, unchecked
-                run_layer = engines.cpu.infer_layer
-            else:  # auto choosing per layer (an LSTM), or the reference engine (no Numba)
-                run_layer = engines.select(self.engine, input)
-                if run_layer is engines.tune.run_layer:
-                    run_layer = engines.tune.infer_layer  # the same choice, without ops.run_layer's checks
-            out, h_n, c_n = run_stack(run_layer, self.mode, input.reshape(-1, size), None, h0, c0, weights,
-                                      self.dropout, self.training)
+        if how == "aten":  # torch's stack: (T, B, D*H) as it comes
+            out, h_n, c_n = engines.aten.torch_stack(input, h0, c0, weights, self.dropout, self.training,
+                                                     self.bidirectional, self.mode)
+            return out, h_n if c_n is None else (h_n, c_n)
+        if how == "cpu":  # every layer on the CPU engine (cpu_every_layer): its inference entry, unchecked
+            run_layer = engines.cpu.infer_layer
+        else:  # auto choosing per layer (an LSTM), or the reference engine (no Numba)
+            run_layer = engines.select(self.engine, input)
+            if run_layer is engines.tune.run_layer:
+                run_layer = engines.tune.infer_layer  # the same choice, without ops.run_layer's checks
+        out, h_n, c_n = run_stack(run_layer, self.mode, input.reshape(-1, size), None, h0, c0, weights, self.dropout,
+                                  self.training)
         out = out.reshape(steps, batch, out.shape[-1])  # (T, B, D*H)
         return out, h_n if c_n is None else (h_n, c_n)
 
