@@ -12,7 +12,8 @@ Parts (all float32, one layer, unidirectional, input size = hidden size, RNN is 
                JSON call it "cpu": the CPU engine, or torch's fused LSTM where auto's timing chose it; the
                `path` column says which)
     streaming  one cell call per step, and one layer call per step (T=1: a decoder's loop), B=1, H=128, state
-               carried, under no_grad: microseconds per step
+               carried, under no_grad; and the layer per step with grad mode on, then one backward through
+               every step (a decoder trained with teacher forcing): microseconds per step
     packed     T=100, B=16, H=256, lengths spread evenly over [T/2, T], pack_padded_sequence(enforce_sorted=False),
                against the same batch padded to full length (torch.nn and the cpu engine)
     memory     peak RSS increase of one training step at (T=1000, B=8, H=512), torch.nn and the cpu engine,
@@ -393,6 +394,20 @@ def layer_step_runner(layer: torch.nn.Module, xs: torch.Tensor, state0):
     return run
 
 
+def layer_step_train_runner(layer: torch.nn.Module, xs: torch.Tensor, state0):
+    """The layer called on one step at a time with grad mode on, then one backward through every step: a decoder
+    trained with teacher forcing (PyTorch's seq2seq tutorial calls its GRU this way)."""
+    def run():
+        layer.zero_grad(set_to_none=True)
+        state, outs = state0, []
+        for x in xs:
+            out, state = layer(x.unsqueeze(0), state)
+            outs.append(out)
+        torch.stack(outs).sum().backward()
+        return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    return run
+
+
 def initial_state(cell: str, hidden: int, layer: bool = False):
     h = torch.zeros(1, 1, hidden) if layer else torch.zeros(1, hidden)
     return (h, h.clone()) if cell == "LSTM" else h
@@ -412,11 +427,13 @@ def bench_streaming(plan: Plan, threads_list: tuple, engines: tuple) -> list[dic
     rows = []
     gen = torch.Generator().manual_seed(2)
     xs = torch.randn(plan.stream_steps, 1, STREAM_HIDDEN, generator=gen)
-    for cell, name in [(c, f"{c}Cell") for c in CELLS] + [(c, f"{c} (T=1)") for c in CELLS]:
-        if name.endswith("(T=1)"):  # the layer itself, one step per call
+    names = [(c, f"{c}Cell") for c in CELLS] + [(c, f"{c} (T=1)") for c in CELLS]
+    names += [(c, f"{c} (T=1, train)") for c in CELLS]
+    for cell, name in names:
+        if "(T=1" in name:  # the layer itself, one step per call
             modules = rnnkit_modules(cell, STREAM_HIDDEN, engines)
-            runners = {k: layer_step_runner(m, xs, initial_state(cell, STREAM_HIDDEN, layer=True))
-                       for k, m in modules.items()}
+            runner = layer_step_train_runner if name.endswith("train)") else layer_step_runner
+            runners = {k: runner(m, xs, initial_state(cell, STREAM_HIDDEN, layer=True)) for k, m in modules.items()}
         else:
             modules = rnnkit_modules(name, STREAM_HIDDEN, engines)
             runners = {k: stream_runner(m, xs, initial_state(cell, STREAM_HIDDEN)) for k, m in modules.items()}

@@ -151,16 +151,17 @@ def run_stack(x: Tensor, h0: Tensor, c0: Tensor | None, weights: list[list[tuple
     kernel. x (T, B, I); weights per layer and direction (w_ih, w_hh, b_ih, b_hh, None); h0, c0 (L*D, B, H).
     Returns out (T*B, D*H), h_n, c_n (None but for LSTM). Autograd differentiates it, as for torch.nn (double
     backward included)."""
-    out, h_n, c_n = torch_stack(x, h0, c0, weights, dropout, training, bidirectional, mode)
+    flat = [w for layer in weights for ws in layer for w in ws[:4] if w is not None]
+    out, h_n, c_n = torch_stack(x, h0, c0, flat, weights[0][0][2] is not None, len(weights), dropout, training,
+                                bidirectional, mode)
     return out.reshape(-1, out.shape[-1]), h_n, c_n
 
 
-def torch_stack(x: Tensor, h0: Tensor, c0: Tensor | None, weights: list[list[tuple]], dropout: float, training: bool,
-                bidirectional: bool, mode: str) -> tuple[Tensor, Tensor, Tensor | None]:
-    """run_stack with out as torch returns it, (T, B, D*H): what a layer's quick lane hands back as it is."""
-    flat = [w for layer in weights for ws in layer for w in ws[:4] if w is not None]
-    has_bias = weights[0][0][2] is not None
-    args = (flat, has_bias, len(weights), dropout, training, bidirectional, False)
+def torch_stack(x: Tensor, h0: Tensor, c0: Tensor | None, flat: list[Tensor], has_bias: bool, layers: int,
+                dropout: float, training: bool, bidirectional: bool, mode: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """run_stack on torch.nn's flat weight list (w_ih, w_hh[, b_ih, b_hh] per layer and direction), with out as
+    torch returns it, (T, B, D*H): what a layer's quick lane hands back as it is."""
+    args = (flat, has_bias, layers, dropout, training, bidirectional, False)
     if mode == "LSTM":
         return torch.lstm(x, (h0, c0), *args)
     (out, h_n), c_n = TORCH_STACKS[mode](x, h0, *args), None

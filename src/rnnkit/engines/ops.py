@@ -246,6 +246,13 @@ def eager(tensors: tuple) -> bool:
 PLAIN = (Tensor, torch.nn.Parameter)
 
 
+def nothing_watching() -> bool:
+    """eager() for a tensor already known to be a plain CPU Tensor: no compile, export or trace, no dispatch or torch
+    function mode (a layer's quick lane asks on every call)."""
+    return not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch._C._is_tracing()
+                or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled())
+
+
 def _onnx_flags():
     """The two flags behind torch.onnx.is_in_onnx_export (which imports both on every call, about 1 us), or None
     where this torch keeps them elsewhere."""

@@ -352,7 +352,7 @@ class RecurrentLayer(nn.Module):
         if (size != self.input_size or steps == 0 or batch == 0 or weight is None or weight.dtype != torch.float32
                 or not weight.is_cpu or not self.quick_states(hx, batch)):
             return None
-        if (torch.is_autocast_enabled("cpu") or not engines.ops.eager((input,))
+        if (torch.is_autocast_enabled("cpu") or not engines.ops.nothing_watching()
                 or engines.ops.plain_ops_only() or engines.ops.in_onnx_export()):
             return None
         return (steps, batch, self.engine, engines.auto_choice(), engines.tune.generation(),
@@ -416,11 +416,13 @@ class RecurrentLayer(nn.Module):
             h0, c0 = hx if self.mode == "LSTM" else (hx, None)
         if how == "small":  # one direction, each layer one compiled call (cpu.small_call): a decoder's layer
             return self.small_lane(input, h0, c0)
-        weights = self.layer_weights()
-        if how == "aten":  # torch's stack: (T, B, D*H) as it comes
-            out, h_n, c_n = engines.aten.torch_stack(input, h0, c0, weights, self.dropout, self.training,
-                                                     self.bidirectional, self.mode)
+        if how == "aten":  # torch's stack on torch.nn's flat weight list (a projection never takes it): (T, B, D*H)
+            params = self._parameters  # a parametrized weight is not in it: getattr finds it
+            flat = [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
+            out, h_n, c_n = engines.aten.torch_stack(input, h0, c0, flat, self.bias, self.num_layers, self.dropout,
+                                                     self.training, self.bidirectional, self.mode)
             return out, h_n if c_n is None else (h_n, c_n)
+        weights = self.layer_weights()
         if how == "cpu":  # every layer on the CPU engine (cpu_every_layer): its inference entry, unchecked
             run_layer = engines.cpu.infer_layer
         else:  # auto choosing per layer (an LSTM), or the reference engine (no Numba)
