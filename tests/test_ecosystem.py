@@ -271,7 +271,8 @@ class CellModel(torch.nn.Module):
         self.rnn = rnnkit.RNNCell(5, 5, engine=engine)
 
     def forward(self, x):  # (T, B, 4)
-        state, h2, h3, outs = None, None, None, []
+        h = torch.zeros(x.shape[1], 5)  # typed states from the start, as torch.jit.script wants
+        state, h2, h3, outs = (h, h), h, h, []
         for x_t in x:
             state = self.lstm(x_t, state)
             h2 = self.gru(state[0], h2)
@@ -377,7 +378,7 @@ def test_jit_script_compiles_torch_nn_twins_on_the_same_parameters(family, model
     """torch.jit.script compiles torch.nn's layer or cell in each rnnkit module's place (nn/twin.py), holding the
     same Parameter objects: torch.nn's numbers, and a step of the scripted model trains the rnnkit one."""
     torch.manual_seed(8)
-    module = Model(family, "auto") if model == "layers" else ScriptableCells()
+    module = Model(family, "auto") if model == "layers" else CellModel("auto")
     x = torch.randint(0, 11, (3, 5)) if model == "layers" else torch.randn(3, 2, 4)
     expected = module(x)
     params = dict(module.named_parameters())
@@ -388,24 +389,6 @@ def test_jit_script_compiles_torch_nn_twins_on_the_same_parameters(family, model
     scripted(x).sum().backward()
     torch.optim.SGD(scripted.parameters(), lr=0.1).step()
     assert not torch.equal(before, params["head.weight" if model == "layers" else "gru.weight_hh"])
-
-
-class ScriptableCells(torch.nn.Module):
-    """CellModel's loop written as TorchScript wants it (states typed from the start)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lstm, self.gru, self.rnn = rnnkit.LSTMCell(4, 5), rnnkit.GRUCell(5, 5), rnnkit.RNNCell(5, 5)
-
-    def forward(self, x):  # (T, B, 4)
-        h = torch.zeros(x.shape[1], 5)
-        state, h2, h3, outs = (h, h), h, h, []
-        for x_t in x:
-            state = self.lstm(x_t, state)
-            h2 = self.gru(state[0], h2)
-            h3 = self.rnn(h2, h3)
-            outs.append(h3)
-        return torch.stack(outs)
 
 
 class OwnForward(rnnkit.GRU):
