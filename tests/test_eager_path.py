@@ -275,3 +275,20 @@ def test_grad_mode_replays_only_torchs_stack(name, winner, monkeypatch, tmp_path
             assert torch.equal(a, b)
         else:
             assert_close(a, b, "grad")
+
+
+def test_a_saved_layer_leaves_its_choices_behind(tmp_path):
+    """torch.save and deepcopy leave out the quick lane's memo (timed for this process and machine): the copy
+    chooses again, and gives the same numbers."""
+    import copy
+
+    layer = rnnkit.GRU(5, 7)
+    x = torch.randn(1, 2, 5)
+    with torch.no_grad():
+        layer(x), layer(x)
+        assert layer.__dict__.get("_quick")
+        torch.save(layer, tmp_path / "layer.pt")
+        for other in (torch.load(tmp_path / "layer.pt", weights_only=False), copy.deepcopy(layer)):
+            assert "_quick" not in other.__dict__
+            assert torch.equal(other(x)[0], layer(x)[0])
+    assert layer.__dict__.get("_quick"), "the original keeps its memo"

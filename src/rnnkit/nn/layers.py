@@ -220,6 +220,14 @@ class RecurrentLayer(nn.Module):
             else:
                 nn.init.uniform_(p, -bound, bound)
 
+    def __getstate__(self):
+        """Pickling (torch.save, copy.deepcopy) leaves out the quick lane's memo: its choices were timed for this
+        process and machine (and keyed by this process's tune.generation); the copy chooses again."""
+        state = dict(self.__dict__)
+        state.pop("_quick", None)
+        state.pop("_weight_names_set", None)
+        return state
+
     def __prepare_scriptable__(self):
         """torch.jit.script calls this first and compiles what it returns: torch.nn's twin of this layer, holding
         its Parameter objects (nn/twin.py), or an error that says what to use instead."""
