@@ -82,7 +82,7 @@ def test_cpu_engine_matches_reference(family, packing, size, reverse, bias, dtyp
         assert_close(a, b, "grad", f"gradient of leaf {k}")
 
 
-SHORT = {"T1_B1": (1, 1), "T3_B2": (3, 2), "T5_B3": (5, 3), "T19_B1": (19, 1)}  # dot products (B <= 2), sgemm_
+SHORT = {"T1_B1": (1, 1), "T3_B2": (3, 2), "T5_B3": (5, 3), "T19_B1": (19, 1), "T40_B1": (40, 1)}  # dot (B <= 2), sgemm_
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
@@ -126,10 +126,12 @@ def test_what_the_short_call_entry_leaves_to_the_general_one():
     assert not cpu.small_call(x1, (2,) * 3, h1, c1, w1[0], w1[1], w1[2], None, w1[4]), "one bias of two"
     assert not cpu.small_call(x1[:5], (2, 2, 1), h1, c1, *w1), "a packed batch"
     assert not cpu.small_call(x1.double(), (2,) * 3, h1.double(), c1.double(), *(w.double() for w in w1))
-    assert not cpu.small_shape(cpu.MIN_PACKED_STEPS, 1, 5, 28, 7), "enough steps to pack W_hh"
-    assert cpu.small_shape(cpu.MIN_PACKED_STEPS - 1, 1, 5, 28, 7)
-    assert not cpu.small_shape(1, 1, 4096, 4096, 1024), "an input projection for oneDNN"
+    assert not cpu.small_shape(cpu.MIN_PACKED_STEPS, 2, 5, 28, 7), "enough steps to pack W_hh"
+    assert cpu.small_shape(cpu.MIN_PACKED_STEPS - 1, 2, 5, 28, 7)
+    assert cpu.small_shape(1000, 1, 5, 28, 7), "one sequence: dot products at any length"
+    assert not cpu.small_shape(1, 2, 4096, 4096, 1024), "an input projection for oneDNN"
     assert not cpu.small_shape(1, 4096, 8, 4096, 4096), "a step product for oneDNN, one step at a time"
+    assert not cpu.small_shape(1, 1, 8, 4 * 4096, 4096), "one sequence whose step product goes to oneDNN"
 
 
 @njit
