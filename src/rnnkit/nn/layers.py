@@ -500,11 +500,16 @@ class RecurrentLayer(nn.Module):
                     how = "aten" if strategy == "aten" else self.cpu_lane(steps, rows.batch)
                     return self.run_lane(how, x, h if c is None else (h, c))
             with torch.enable_grad():
-                if strategy == "aten":
+                if strategy == "aten":  # a repeated grad-mode call replays this from the quick lane
                     out = engines.aten.run_stack(x, h, c, weights, 0.0, False, self.bidirectional, self.mode)[0]
-                else:
-                    out = run_stack(engines.cpu.run_layer, self.mode, x.reshape(-1, x.shape[-1]), None, h, c, weights,
-                                    0.0, False)[0]
+                else:  # rnnkit's engine runs from the general path, whose own steps are part of its cost
+                    # (a decoder trained one step at a time pays them on every step: about 60 us)
+                    rows_, form = self.to_rows(x, None)
+                    self.initial_states((h, c) if self.mode == "LSTM" else h, rows_.data, rows_.batch, False, None)
+                    self.check_weights(self.layer_weights())  # the real weights are read, not differentiated
+                    out, h_n, c_n = run_stack(engines.cpu.run_layer, self.mode, rows_.data, None, h, c, weights, 0.0,
+                                              False)
+                    out = self.from_rows(out, [h_n] if c_n is None else [h_n, c_n], rows_, form)[0]
                 out.backward(torch.ones_like(out))
         return run
 
