@@ -388,3 +388,20 @@ def test_nothing_is_timed_under_a_dispatch_mode(name, own_cache):
     with torch.no_grad():
         layer(x)  # outside the mode: timed now
     assert tune.table(), "the call outside the mode should have timed its shape class"
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_whole_stack_timing_of_a_batch_first_training_call(name, own_cache):
+    """The whole-stack timing runs rnnkit's engine through the general path's own steps, in the layer's input form
+    (batch_first here): the timed call and the call itself give torch.nn's numbers."""
+    torch.manual_seed(0)
+    ours, theirs = getattr(rnnkit, name)(3, 5, batch_first=True), getattr(torch.nn, name)(3, 5, batch_first=True)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    results = []
+    for module in (ours, theirs):
+        out = module(x)[0]
+        results.append((out, *torch.autograd.grad(out, [x, *module.parameters()], torch.ones_like(out))))
+    assert any(k.startswith("stack|") for k in tune.table()), "the call should have timed its whole stack"
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, "grad")

@@ -504,7 +504,7 @@ class RecurrentLayer(nn.Module):
                     out = engines.aten.run_stack(x, h, c, weights, 0.0, False, self.bidirectional, self.mode)[0]
                 else:  # rnnkit's engine runs from the general path, whose own steps are part of its cost
                     # (a decoder trained one step at a time pays them on every step: about 60 us)
-                    rows_, form = self.to_rows(x, None)
+                    rows_, form = self.to_rows(x.transpose(0, 1) if self.batch_first else x, None)  # its form
                     self.initial_states((h, c) if self.mode == "LSTM" else h, rows_.data, rows_.batch, False, None)
                     self.check_weights(self.layer_weights())  # the real weights are read, not differentiated
                     out, h_n, c_n = run_stack(engines.cpu.run_layer, self.mode, rows_.data, None, h, c, weights, 0.0,
