@@ -367,9 +367,14 @@ def small_call(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) -> bool:
     """Whether cpu_kernels.short_call serves this no-grad call: padded (every step runs all rows), both biases or
     neither, float32 throughout, and small_shape."""
     batch = h0.shape[0]
-    return (batch_sizes.count(batch) == len(batch_sizes) and (b_ih is None) == (b_hh is None)
-            and small_shape(len(batch_sizes), batch, x.shape[1], *w_hh.shape)
-            and all_float32(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    return (batch_sizes.count(batch) == len(batch_sizes) and all_float32(x, h0, c0)
+            and small_layer(len(batch_sizes), batch, x.shape[1], w_ih, w_hh, b_ih, b_hh, w_hr))
+
+
+def small_layer(steps: int, batch: int, inputs: int, w_ih, w_hh, b_ih, b_hh, w_hr) -> bool:
+    """small_call's conditions on one layer's weights: both biases or neither, float32, small_shape."""
+    return ((b_ih is None) == (b_hh is None) and small_shape(steps, batch, inputs, *w_hh.shape)
+            and all_float32(w_ih, w_hh, b_ih, b_hh, w_hr))
 
 
 def small_shape(steps: int, batch: int, inputs: int, gates: int, width: int) -> bool:

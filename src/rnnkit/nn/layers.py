@@ -398,12 +398,9 @@ class RecurrentLayer(nn.Module):
         """How the quick lane runs a call whose every layer is on the CPU engine: "small" (one direction, every layer
         small enough for the engine's single compiled call, as cpu.small_call admits) or "cpu" (its inference entry
         per layer, through run_stack)."""
-        small = not self.bidirectional
-        for layer, inputs in enumerate(self.layer_inputs()):
-            w_ih, w_hh, b_ih, b_hh, w_hr = self.direction_weights(layer, 0)
-            small = small and ((b_ih is None) == (b_hh is None) and engines.cpu.small_shape(steps, batch, inputs,
-                                                                                              *w_hh.shape)
-                               and engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh, w_hr))
+        small = not self.bidirectional and all(
+            engines.cpu.small_layer(steps, batch, inputs, *self.direction_weights(layer, 0))
+            for layer, inputs in enumerate(self.layer_inputs()))
         return "small" if small else "cpu"
 
     def quick_run(self, how: str, input: Tensor, hx):
@@ -413,8 +410,8 @@ class RecurrentLayer(nn.Module):
         return self.run_lane(how, input, hx)
 
     def run_lane(self, how: str, input: Tensor, hx):
-        """A padded float32 no-grad call (T, B, I) on lane `how` ("aten", "small", "cpu" or "engine"), unchecked:
-        what quick_run replays, and what the whole-stack timing times."""
+        """A padded float32 call (T, B, I) on lane `how` ("aten", "small", "cpu" or "engine"), unchecked: what
+        quick_run replays, and what the whole-stack timing times. Only "aten" may run with grad mode on."""
         steps, batch, size = input.shape
         if hx is None:
             shape = (self.num_layers * self.num_directions, batch, self.hidden_size)

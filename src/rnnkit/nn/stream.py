@@ -161,8 +161,7 @@ class Stream:
         fits = self._fits.get(batch)
         if fits is None:
             fits = self._fits[batch] = engines.cpu.why_not(rows) is None and batch > 0 and all(
-                (b_ih is None) == (b_hh is None) and engines.cpu.small_shape(1, batch, w_ih.shape[1], *w_hh.shape)
-                and engines.cpu.all_float32(w_ih, w_hh, b_ih, b_hh, kw.get("w_hr"))
+                engines.cpu.small_layer(1, batch, w_ih.shape[1], w_ih, w_hh, b_ih, b_hh, kw.get("w_hr"))
                 for w_ih, b_ih, w_hh, b_hh, kw in self._layers)
         return fits and all(s.dtype is torch.float32 for state in self._states for s in state)
 
