@@ -405,3 +405,93 @@ def test_whole_stack_timing_of_a_batch_first_training_call(name, own_cache):
     assert any(k.startswith("stack|") for k in tune.table()), "the call should have timed its whole stack"
     for a, b in zip(*results, strict=True):
         assert_close(a, b, "grad")
+
+
+# ---------------------------------------------------------------- products over all steps (tune.faster_product)
+
+
+def check_layer_against_reference(kit, ref, x):
+    """Outputs and every gradient (input, initial state, each parameter) of kit equal ref's (GRU, RNN or LSTM)."""
+    h0 = torch.randn(kit.num_layers, x.shape[1], kit.hidden_size)
+    states = (h0, torch.randn_like(h0)) if isinstance(kit, rnnkit.LSTM) else h0
+    runs = []
+    for layer in (kit, ref):
+        xs = x.clone().requires_grad_()
+        s = tuple(t.clone().requires_grad_() for t in states) if isinstance(states, tuple) else states.clone().requires_grad_()
+        out, _ = layer(xs, s)
+        runs.append((out, [xs, *(s if isinstance(s, tuple) else (s,)), *layer.parameters()]))
+    assert_close(runs[0][0], runs[1][0], "output", "output")
+    up = torch.randn_like(runs[0][0])
+    for k, (p, q) in enumerate(zip(*(torch.autograd.grad(out, wrt, up) for out, wrt in runs), strict=True)):
+        assert_close(p, q, "grad", f"gradient {k}")
+
+
+@pytest.mark.parametrize("library", tune.PRODUCTS)
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_products_in_either_library_give_the_reference_numbers(name, library, monkeypatch):
+    """Whichever library a machine's timing picks for the products over all steps (the input projection, dx, the
+    weight gradients), outputs and every gradient equal the reference engine's."""
+    picked = []
+
+    def forced(key, candidates, default):
+        picked.append(key.split("|")[1])
+        return candidates[library]()
+
+    monkeypatch.setattr(tune, "faster_product", forced)
+    torch.manual_seed(0)
+    kit = getattr(rnnkit, name)(64, 64, engine="cpu")
+    ref = getattr(rnnkit, name)(64, 64, engine="reference")
+    ref.load_state_dict(kit.state_dict())
+    check_layer_against_reference(kit, ref, torch.randn(70, 4, 64))  # 280 rows: every product is timed
+    assert {"linearc", "lineart", "sum"} <= set(picked), picked
+
+
+def sum_candidates(a, b, runs):
+    """Two ways to form a^T b, counting their runs."""
+    def run(name):
+        runs[name] += 1
+        return a.t() @ b if name == "mm" else (b.t() @ a).t().contiguous()
+    return {name: (lambda name=name: run(name)) for name in tune.PRODUCTS}
+
+
+def test_a_product_is_timed_once_per_machine_and_class(own_cache):
+    a, b = torch.randn(300, 64), torch.randn(300, 256)
+    key = tune.product_key("sum", 300, 64, 256)
+    runs = dict.fromkeys(tune.PRODUCTS, 0)
+    assert_close(tune.faster_product(key, sum_candidates(a, b, runs), "mm"), a.t() @ b, "grad", "timed product")
+    assert min(runs.values()) >= 1 + tune.PRODUCT_ROUNDS[0], runs  # an untimed round, then the timed ones
+    chosen = entries(tune.cache_path())[key]["product"]
+    assert chosen in tune.PRODUCTS
+    for forget in (False, True):  # this process, then a later one (reading the file)
+        if forget:
+            tune.forget()
+        runs = dict.fromkeys(tune.PRODUCTS, 0)
+        tune.faster_product(key, sum_candidates(a, b, runs), "mm")
+        assert runs == {name: int(name == chosen) for name in tune.PRODUCTS}
+    assert tune.product_key("sum", 257, 64, 256) == key != tune.product_key("sum", 600, 64, 256)
+
+
+def test_a_product_is_not_timed_with_tuning_off_or_under_a_mode(own_cache, monkeypatch):
+    a, b = torch.randn(300, 64), torch.randn(300, 256)
+    key = tune.product_key("sum", 300, 64, 256)
+    from torch.utils.flop_counter import FlopCounterMode
+    for default in tune.PRODUCTS:
+        runs = dict.fromkeys(tune.PRODUCTS, 0)
+        with FlopCounterMode(display=False):
+            tune.faster_product(key, sum_candidates(a, b, runs), default)
+        monkeypatch.setenv("RNNKIT_TUNE", "0")
+        tune.faster_product(key, sum_candidates(a, b, runs), default)
+        monkeypatch.delenv("RNNKIT_TUNE")
+        assert runs == {name: 2 * int(name == default) for name in tune.PRODUCTS}
+    assert tune.table() == {}
+
+
+def test_product_entries_naming_unknown_libraries_are_ignored(own_cache):
+    own_cache.mkdir(parents=True)
+    good = {"product": "mm"}
+    tune.cache_path().write_text(json.dumps({"format": tune.FORMAT, "machine": tune.machine_key(), "entries": {
+        "product|sum|N512|64|256|thr1": {"product": "warp-drive"},
+        "product|sum|N512|64|64|thr1": {"engine": "cpu"},  # an engine entry under a product's key
+        "LSTM|train|T8|B2|I3|H5|thr1": {"product": "mm"},  # and the other way round
+        "product|sum|N512|64|128|thr1": good}}))
+    assert tune.read_file(tune.cache_path()) == {"product|sum|N512|64|128|thr1": good}

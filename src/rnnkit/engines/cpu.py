@@ -82,8 +82,9 @@ def kernels():
 
 @lru_cache(maxsize=1)
 def _onednn_linear():
-    """torch's oneDNN fp32 matrix product, or None. On AVX-512 CPUs that MKL does not tune for it runs
-    about twice as fast as torch.mm (measured here: 176-230 against 94-107 GFLOP/s on one thread)."""
+    """torch's oneDNN fp32 matrix product, or None. On some AVX-512 CPUs that MKL does not tune for it runs
+    about twice as fast as torch.mm (an AMD Zen 5: 176-230 against 94-107 GFLOP/s on one thread); on a Zen 4
+    the two run alike (about 90 GFLOP/s): hence the timing per machine (tune.faster_product)."""
     op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
     try:
         op(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
@@ -93,34 +94,64 @@ def _onednn_linear():
 
 
 # oneDNN pays about 10 us per call (measured: 13 us for a 1x128 by 128x128 product); below this many
-# multiply-adds torch's own product is faster
+# multiply-adds torch's own product is faster. Larger products are timed per machine (tune.faster_product);
+# this stays the choice where nothing may be timed, and the one-call entry's bound (small_shape).
 ONEDNN_MIN_MACS = 1 << 22
 
 
+def plain_linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """x w^T + b in torch's own product (MKL), which reads transposed operands in place."""
+    return torch.addmm(b, x, w.t()) if b is not None else x @ w.t()
+
+
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    """x w^T + b for (N, K) x and (M, K) w. (N, M)"""
+    """x w^T + b for (N, K) x and (M, K) w, in the library this machine runs fastest for it. (N, M)"""
     if w.dtype == torch.bfloat16:  # the bfloat16 path's products over all steps: bfloat16 operands, float32 result
         return torch.nn.functional.linear(x.to(w.dtype), w, b).float()
-    big = x.shape[0] * x.shape[1] * w.shape[0] >= ONEDNN_MIN_MACS
-    op = _onednn_linear() if x.dtype == torch.float32 and big else None
+    n, k = x.shape
+    macs = n * k * w.shape[0]
+    op = _onednn_linear() if x.dtype == torch.float32 and macs >= tune().PRODUCT_MIN_MACS else None
     if op is None:
-        return torch.addmm(b, x, w.t()) if b is not None else x @ w.t()
-    return op(x.contiguous(), w.contiguous(), b, "none", [], "")
+        return plain_linear(x, w, b)
+    # oneDNN reads contiguous operands only: a transposed view is copied first, which the timing includes
+    layout = "c" if x.is_contiguous() and w.is_contiguous() else "t"
+    return tune().faster_product(
+        tune().product_key(f"linear{layout}", n, k, w.shape[0], b is not None),
+        {"mm": lambda: plain_linear(x, w, b), "onednn": lambda: op(x.contiguous(), w.contiguous(), b, "none", [], "")},
+        "onednn" if macs >= ONEDNN_MIN_MACS else "mm")
 
 
-# Rows of the stacked steps per product when summing over steps: oneDNN wants contiguous
-# transposed operands, and copying all steps at once would add a second copy of dgates to the peak.
+def tune():
+    from . import tune as tune_  # (imported here: tune imports the engines)
+    return tune_
+
+
+# Rows of the stacked steps per oneDNN product when summing over steps: oneDNN wants contiguous transposed
+# operands, and copying all steps at once would add a second copy of dgates to the peak.
 SUM_CHUNK_ELEMENTS = 1 << 20
 
 
 def sum_over_steps(a: Tensor, b: Tensor) -> Tensor:
-    """a^T b for (N, M) a and (N, K) b: the sum over all steps (rows) of a_t^T b_t, in row chunks. (M, K)"""
+    """a^T b for (N, M) a and (N, K) b: the sum over all steps (rows) of a_t^T b_t, in the library this machine
+    runs fastest for it. (M, K)"""
+    n, m = a.shape
+    macs = n * m * b.shape[1]
+    if a.dtype != torch.float32 or macs < tune().PRODUCT_MIN_MACS or _onednn_linear() is None:
+        return a.t() @ b if n > 0 else a.new_zeros(m, b.shape[1])
+    return tune().faster_product(tune().product_key("sum", n, m, b.shape[1]),
+                                 {"mm": lambda: a.t() @ b, "onednn": lambda: sum_in_chunks(a, b)},
+                                 "onednn" if macs >= ONEDNN_MIN_MACS else "mm")
+
+
+def sum_in_chunks(a: Tensor, b: Tensor) -> Tensor:
+    """sum_over_steps in oneDNN, in row chunks (a chunk's transposed operands are copied: see above)."""
+    op = _onednn_linear()
     rows = max(1, SUM_CHUNK_ELEMENTS // max(a.shape[1], b.shape[1], 1))
     total = None
     for start in range(0, a.shape[0], rows):
-        part = linear(a[start:start + rows].t(), b[start:start + rows].t())
+        part = op(a[start:start + rows].t().contiguous(), b[start:start + rows].t().contiguous(), None, "none", [], "")
         total = part if total is None else total.add_(part)
-    return total if total is not None else a.new_zeros(a.shape[1], b.shape[1])
+    return total
 
 
 def input_grads(x, w_ih, dxp: Tensor, has_bias: bool, need_dx: bool):

@@ -23,6 +23,9 @@ faster, and the choice is written to disk, like Triton's autotuner, so later pro
   (those run "cpu", one fixed operator); with RNNKIT_TUNE=0 (then "cpu" always, the old behaviour); in a
   torch.distributed job of more than one process (ranks must agree; "cpu" always).
 
+- Products over all steps: inside the CPU engine, each large product (input projection, dx, weight gradients)
+  runs in torch.mm (MKL) or oneDNN, whichever this machine ran faster for its size class (`faster_product`),
+  cached in the same file.
 - Whole stack against torch's: a padded float32 call without projection (any mode) is also timed as a whole
   stack, rnnkit's engine against torch's own implementation (torch.lstm, torch.gru, torch.rnn_*), on its
   first steps without dropout (`stack_is_torch`); where torch's is faster (short calls, where rnnkit's
@@ -47,6 +50,7 @@ import platform
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -60,6 +64,7 @@ CAL_STEPS = 16  # calibration times the first CAL_STEPS // 4 and CAL_STEPS steps
 CAL_BUDGET_S = 0.05  # timed seconds to aim for, in rounds of every candidate at both lengths ...
 CAL_ROUNDS_MAX = 10  # ... but at most this many rounds, and at least one, after one untimed round
 CAL_FULL_S = 0.03  # a call whose two candidates together are predicted under this is timed whole instead
+PRODUCTS = ("mm", "onednn")  # the libraries a product over all steps may run in (faster_product)
 MARGIN = 0.97  # "cpu" must be at least 3% faster to be taken: a tie runs torch's own kernel, torch.nn's speed
 
 _lock = threading.RLock()
@@ -127,7 +132,8 @@ def read_file(path: Path) -> dict[str, dict]:
         if payload.get("format") != FORMAT or payload.get("machine") != machine_key():
             return {}
         entries = payload["entries"]
-        return {k: v for k, v in entries.items() if isinstance(v, dict) and v.get("engine") in ("cpu", "aten")}
+        return {k: v for k, v in entries.items() if isinstance(v, dict) and (
+            v.get("product") in PRODUCTS if k.startswith("product|") else v.get("engine") in ("cpu", "aten"))}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -425,6 +431,59 @@ def time_stacks(runners, steps: int) -> dict:
     runs = {(name, n): runners(name, n) for name in ("cpu", "aten") for n in lengths}
     best = best_ms(runs, budgeted_rounds(warm_up(runs), CAL_ROUNDS_MAX // 2))
     return verdict(extrapolated(best, lengths, steps), best)
+
+
+# ---------------------------------------------------------------- products over all steps (the CPU engine's)
+#
+# The CPU engine forms its large products (the input projection of all steps, dx, the weight gradients summed
+# over steps) in torch.mm (MKL) or in oneDNN's matrix product. Which is faster depends on the machine and on
+# the operands: oneDNN wants contiguous operands with the summed index last, so a weight gradient (summed over
+# rows) or dx (W_ih read transposed) pays transposing copies first, which MKL reads in place. Measured on an
+# AMD Zen 4 (one thread): a weight gradient at T=100, B=1, H=128 ran 188 us through oneDNN and its copies
+# against 157 in torch.mm, and 1.3-3.8x slower on two threads; dx at T=1000, B=8, H=64 ran 0.77x torch.mm's
+# time through oneDNN. On a Zen 5 oneDNN ran twice as fast as torch.mm. So the first product of a size class
+# on a machine times both on its own operands, and the cache keeps the faster.
+
+PRODUCT_MIN_MACS = 1 << 20  # smaller products are not timed (~20 us: a timing could not repay itself); the default
+PRODUCT_ROUNDS = (2, 5)  # timed rounds after one untimed one: at least, and at most (within CAL_BUDGET_S)
+
+
+def product_key(kind: str, rows: int, *sizes: int) -> str:
+    """A product timing's cache key: its kind, its rows rounded up to a power of two (rows = steps x batch vary
+    from call to call), its other sizes and the thread count."""
+    return (f"product|{kind}|N{1 << max(0, (rows - 1).bit_length())}|" + "|".join(map(str, sizes))
+            + f"|thr{torch.get_num_threads()}")
+
+
+def faster_product(key: str, candidates: dict[str, Callable[[], Tensor]], default: str) -> Tensor:
+    """The product computed by the candidate ("mm" or "onednn") this machine runs fastest for `key`.
+
+    Not timed yet: each candidate runs once untimed (oneDNN builds its primitive), then in turns, and the
+    faster is cached; its own result is returned, so the timing costs a few products once per machine and
+    class, and nothing is computed twice for the caller. Where nothing may be timed (RNNKIT_TUNE=0, tracing,
+    an active torch mode) and nothing is cached, `default` runs. The candidates compute the same product,
+    so the choice changes rounding only."""
+    entry = _table.get(key) if _table is not None else table().get(key)
+    if entry is not None and entry.get("product") in candidates:
+        return candidates[entry["product"]]()
+    if not enabled() or tracing() or modes_active():
+        return candidates[default]()
+    with _lock:
+        results, first = {}, {}
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            results[name] = run()
+            first[name] = (time.perf_counter() - start) * 1e3
+        best = dict.fromkeys(candidates, float("inf"))
+        rounds = max(PRODUCT_ROUNDS[0], budgeted_rounds(first, PRODUCT_ROUNDS[1]))
+        for _ in range(rounds):
+            for name, run in candidates.items():
+                start = time.perf_counter()
+                results[name] = run()
+                best[name] = min(best[name], (time.perf_counter() - start) * 1e3)
+        winner = min(best, key=best.get)
+        record(key, {"product": winner, "timed_ms": {k: round(v, 4) for k, v in best.items()}})
+    return results[winner]
 
 
 def chosen(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int) -> str:
