@@ -334,10 +334,14 @@ class RecurrentLayer(nn.Module):
             # again: this call may have read or added timings (engines.tune.generation, part of the key)
             if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights):
                 how = "aten"
+            elif quick[-1]:  # grad mode replays "aten" only: nothing else worth choosing (or remembering)
+                how = None
             else:
                 cpu = self.cpu_every_layer(run_layer, rows)
                 how = self.cpu_lane(rows.data.shape[0] // rows.batch, rows.batch) if cpu else "engine"
-            self.__dict__.setdefault("_quick", {})[self.quick_key(input, hx)] = how
+            if how is not None:
+                key = quick if engines.tune.generation() == quick[4] else self.quick_key(input, hx)
+                self.__dict__.setdefault("_quick", {})[key] = how
         if low is not None and self.proj_size and rows.data.device.type == "cpu":
             # torch.nn's CPU LSTM with a projection keeps its cell state in c_0's dtype under autocast
             c_n = c_n.to((input.data if form.packed else input).dtype if hx is None else hx[1].dtype)
