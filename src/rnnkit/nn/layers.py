@@ -30,6 +30,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import engines
 from . import checks, options
+from .rnnbase_api import TorchRNNBaseHelpers
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 # Above this many multiply-adds a call's arithmetic takes milliseconds on any CPU, so rnnkit's Python per
@@ -123,7 +124,7 @@ def weight_names(layer: int, direction: int) -> tuple[str, ...]:
 _WEIGHT_NAMES: dict[tuple[int, int], tuple[str, ...]] = {}
 
 
-class RecurrentLayer(nn.Module):
+class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
     """What RNN, LSTM and GRU share; use those classes."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -642,6 +643,10 @@ class LSTM(RecurrentLayer):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, engine=engine, layer_norm=layer_norm, peephole=peephole,
                          zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop)
+
+    def get_expected_cell_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """c_0's shape (torch.nn.LSTM's helper): its width is hidden_size, with or without a projection."""
+        return self._expected_state_size(input, batch_sizes, self.hidden_size)
 
 
 class GRU(RecurrentLayer):
