@@ -105,3 +105,19 @@ def test_a_subclass_with_its_own_forward_runs_unchanged():
         torch.testing.assert_close(a, b)
     with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(2, 2, 3\), got \[2, 5, 3\]"):
         ours(x, (torch.zeros(2, 5, 3), torch.zeros(2, 2, 3)))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_refreshing_the_flat_weights_after_swapping_a_weight_is_allowed(name):
+    """Code that swaps a weight for a plain tensor (weight dropout) then asks torch.nn to refresh its cached list
+    of weights; rnnkit reads the current attributes anyway, and both give the same output."""
+    theirs, ours = pair(name)
+    x = torch.randn(5, 2, 4)
+    for layer in (theirs, ours):
+        w = layer.weight_hh_l0.detach() * 0.5
+        del layer.weight_hh_l0
+        layer.weight_hh_l0 = w
+        layer._init_flat_weights()
+        layer._update_flat_weights()
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0])
+    assert ours._flat_weights[1] is ours.weight_hh_l0

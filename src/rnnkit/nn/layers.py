@@ -239,6 +239,12 @@ class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, for drop-in compatibility: rnnkit keeps no flat cuDNN weight buffer."""
 
+    def _init_flat_weights(self) -> None:
+        """No-op: torch.nn refreshes its cached list of weights here (code that swaps weights calls it);
+        rnnkit's `_flat_weights` reads the current attributes on every call."""
+
+    _update_flat_weights = _init_flat_weights
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size:
