@@ -122,8 +122,15 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
 
 
 def tune():
-    from . import tune as tune_  # (imported here: tune imports the engines)
-    return tune_
+    """rnnkit.engines.tune, imported on first use (it imports the engines)."""
+    global _tune
+    if _tune is None:
+        from . import tune as tune_
+        _tune = tune_
+    return _tune
+
+
+_tune = None
 
 
 # Rows of the stacked steps per oneDNN product when summing over steps: oneDNN wants contiguous transposed

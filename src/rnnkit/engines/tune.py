@@ -451,8 +451,12 @@ PRODUCT_ROUNDS = (2, 5)  # timed rounds after one untimed one: at least, and at 
 def product_key(kind: str, rows: int, *sizes: int) -> str:
     """A product timing's cache key: its kind, its rows rounded up to a power of two (rows = steps x batch vary
     from call to call), its other sizes and the thread count."""
-    return (f"product|{kind}|N{1 << max(0, (rows - 1).bit_length())}|" + "|".join(map(str, sizes))
-            + f"|thr{torch.get_num_threads()}")
+    return _product_key(kind, 1 << max(0, (rows - 1).bit_length()), sizes, torch.get_num_threads())
+
+
+@lru_cache(maxsize=4096)  # asked for every large product of every call
+def _product_key(kind: str, rows: int, sizes: tuple, threads: int) -> str:
+    return f"product|{kind}|N{rows}|" + "|".join(map(str, sizes)) + f"|thr{threads}"
 
 
 def faster_product(key: str, candidates: dict[str, Callable[[], Tensor]], default: str) -> Tensor:
