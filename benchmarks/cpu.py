@@ -186,15 +186,16 @@ def rnnkit_modules(cell: str, hidden: int, engines: tuple[str, ...]) -> dict:
 
 
 def auto_path(cell: str, mode: str, steps: int, batch: int, hidden: int) -> str:
-    """The engine that rnnkit's auto ran for a padded row: "cpu" or "aten" (chosen by timing, see engines/tune.py)."""
+    """What rnnkit's auto ran for a padded row: "cpu", "aten", "torch stack" or "torch cells" (chosen by timing, see
+    engines/tune.py)."""
     from rnnkit.engines import tune
     if RNNKIT_ENGINE != "auto":
         return "cpu"
     mode_name = "RNN_TANH" if cell == "RNN" else cell
     stack = tune.table().get("stack|" + tune.shape_class(mode_name, mode == "train", steps, batch, hidden, hidden)
                              + "|L1|D1")
-    if stack is not None and stack["engine"] == "aten":
-        return "torch stack"
+    if stack is not None and stack["engine"] != "cpu":
+        return {"aten": "torch stack", "cells": "torch cells"}[stack["engine"]]
     return tune.chosen(cell, mode == "train", steps, batch, hidden, hidden)
 
 

@@ -305,7 +305,7 @@ GRU_RNN = {"gru": ("GRU", {}), "rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"no
 def test_gru_and_rnn_stack_choice_gives_the_same_results(case, grad, strategy, monkeypatch):
     """Either choice of the whole-stack timing gives the reference engine's numbers; "aten" runs torch's own
     stack (torch.gru, torch.rnn_*), which then gives torch.nn's to the last bit."""
-    monkeypatch.setattr(tune, "time_stacks", lambda runners, steps: {"engine": strategy})
+    monkeypatch.setattr(tune, "time_stacks", lambda runners, steps, ways=None: {"engine": strategy})
     calls = []
     real = aten.torch_stack  # what the general path (aten.run_stack) and the quick lane call
     monkeypatch.setattr(aten, "torch_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -332,7 +332,8 @@ def test_gru_and_rnn_stack_choice_gives_the_same_results(case, grad, strategy, m
 def test_stack_timing_runs_once_per_class_and_leaves_the_random_stream_alone(own_cache, monkeypatch):
     seen = []
     real = tune.time_stacks
-    monkeypatch.setattr(tune, "time_stacks", lambda runners, steps: seen.append(steps) or real(runners, steps))
+    monkeypatch.setattr(tune, "time_stacks", lambda runners, steps, ways=tune.STACK_WAYS[:2]: seen.append(steps)
+                        or real(runners, steps, ways))
     gru = rnnkit.GRU(3, 4, num_layers=2, dropout=0.5)
     x = torch.randn(3, 2, 3)
     torch.manual_seed(7)
@@ -495,3 +496,56 @@ def test_product_entries_naming_unknown_libraries_are_ignored(own_cache):
         "LSTM|train|T8|B2|I3|H5|thr1": {"product": "mm"},  # and the other way round
         "product|sum|N512|64|128|thr1": good}}))
     assert tune.read_file(tune.cache_path()) == {"product|sum|N512|64|128|thr1": good}
+
+
+CELL_CASES = {"lstm": ("LSTM", {}), "lstm_2layers": ("LSTM", {"num_layers": 2}), "gru": ("GRU", {}),
+              "rnn_relu_2layers": ("RNN", {"nonlinearity": "relu", "num_layers": 2}),
+              "gru_bidirectional": ("GRU", {"bidirectional": True})}
+
+
+@pytest.mark.parametrize("steps", [1, 5], ids=["T1", "T5"])
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("case", CELL_CASES)
+def test_torch_cells_way_gives_the_reference_numbers_and_is_replayed(case, grad, steps, monkeypatch):
+    """Where the whole-stack timing picks torch's cell functions ("cells"), the layer runs them a step at a time,
+    first from the general path, then from the quick lane (with grad mode on too), with the reference engine's
+    outputs and gradients; a bidirectional stack, which they cannot run, gets torch's stack instead."""
+    monkeypatch.setattr(tune, "time_stacks", lambda runners, steps, ways=("cpu", "aten"): {"engine": "cells"})
+    runs = {"cells": 0, "stack": 0}
+    real_cells, real_stack = aten.run_cells, aten.torch_stack
+    monkeypatch.setattr(aten, "run_cells", lambda *a: runs.__setitem__("cells", runs["cells"] + 1) or real_cells(*a))
+    monkeypatch.setattr(aten, "torch_stack", lambda *a: runs.__setitem__("stack", runs["stack"] + 1) or real_stack(*a))
+    name, kw = CELL_CASES[case]
+    torch.manual_seed(0)
+    auto, ref = getattr(rnnkit, name)(3, 5, **kw), getattr(rnnkit, name)(3, 5, engine="reference", **kw)
+    ref.load_state_dict(auto.state_dict())
+    h0 = torch.randn(auto.num_layers * auto.num_directions, 2, 5)
+    hx = (h0, torch.randn_like(h0)) if name == "LSTM" else h0
+    for call in range(2):  # the second call replays the quick lane
+        x = torch.randn(steps, 2, 3, requires_grad=grad)
+        with torch.set_grad_enabled(grad):
+            (out, h_n), (want, h_want) = auto(x, hx), ref(x, hx)
+        assert_close(out, want, "output", f"call {call} output")
+        for a, b in zip(h_n if name == "LSTM" else (h_n,), h_want if name == "LSTM" else (h_want,), strict=True):
+            assert_close(a, b, "output", f"call {call} final state")
+        if grad:
+            up = torch.randn_like(out)
+            for k, (p, q) in enumerate(zip(torch.autograd.grad(out, [x, *auto.parameters()], up),
+                                           torch.autograd.grad(want, [x, *ref.parameters()], up), strict=True)):
+                assert_close(p, q, "grad", f"call {call} gradient {k}")
+    bidirectional = kw.get("bidirectional", False)
+    assert runs == ({"cells": 0, "stack": 2} if bidirectional else {"cells": 2, "stack": 0}), runs
+
+
+def test_the_stack_timing_offers_cells_to_one_direction_only(own_cache, monkeypatch):
+    offered = []
+    real = tune.time_stacks
+    monkeypatch.setattr(tune, "time_stacks", lambda runners, steps, ways=("cpu", "aten"): offered.append(ways)
+                        or real(runners, steps, ways))
+    x = torch.randn(1, 1, 3, requires_grad=True)
+    for bidirectional in (False, True):
+        out, _ = rnnkit.LSTM(3, 4, bidirectional=bidirectional)(x)
+        out.sum().backward()
+    assert offered == [("cpu", "aten", "cells"), ("cpu", "aten")]
+    table = tune.table()
+    assert all(e["engine"] in tune.STACK_WAYS for k, e in table.items() if k.startswith("stack|")), table

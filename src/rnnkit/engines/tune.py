@@ -27,9 +27,10 @@ faster, and the choice is written to disk, like Triton's autotuner, so later pro
   runs in torch.mm (MKL) or oneDNN, whichever this machine ran faster for its size class (`faster_product`),
   cached in the same file.
 - Whole stack against torch's: a padded float32 call without projection (any mode) is also timed as a whole
-  stack, rnnkit's engine against torch's own implementation (torch.lstm, torch.gru, torch.rnn_*), on its
-  first steps without dropout (`stack_is_torch`); where torch's is faster (short calls, where rnnkit's
-  Python per call outweighs the work: a decoder calling the layer one step at a time) the layer runs it.
+  stack, rnnkit's engine against torch's own implementation, as whole-stack kernels (torch.lstm, torch.gru,
+  torch.rnn_*: "aten") and, for one direction, as its cell functions a step at a time (torch.lstm_cell, ...:
+  "cells"), on its first steps without dropout (`torch_way`); where torch's is faster (short calls, where
+  rnnkit's Python per call outweighs the work: a decoder calling the layer one step at a time) the layer runs it.
 - Whole stack: once every layer of a call was timed and oneDNN won each, the layer runs all its layers
   and directions in one torch.lstm call, exactly as torch.nn.LSTM does (aten.run_stack): no operator
   dispatch per layer between the caller and the kernel, whose overhead alone made "auto" slower than
@@ -133,7 +134,8 @@ def read_file(path: Path) -> dict[str, dict]:
             return {}
         entries = payload["entries"]
         return {k: v for k, v in entries.items() if isinstance(v, dict) and (
-            v.get("product") in PRODUCTS if k.startswith("product|") else v.get("engine") in ("cpu", "aten"))}
+            v.get("product") in PRODUCTS if k.startswith("product|")
+            else v.get("engine") in (STACK_WAYS if k.startswith("stack|") else ("cpu", "aten")))}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -228,7 +230,7 @@ def _class_key(mode: str, train: bool, t: int, batch: int, inp: int, hidden: int
 
 def stack_key(mode: str, train: bool, steps: int, batch: int, inp: int, hidden: int, layers: int,
               directions: int) -> str:
-    """The cache key of a whole-stack timing (stack_is_torch)."""
+    """The cache key of a whole-stack timing (torch_way)."""
     return _stack_key(shape_class(mode, train, steps, batch, inp, hidden), layers, directions)
 
 
@@ -362,8 +364,10 @@ def budgeted_rounds(round_ms: dict, most: int) -> int:
 
 
 def verdict(predicted: dict, best: dict) -> dict:
-    """The cache entry for a timing: "cpu" only where clearly faster (a tie runs torch's own kernel)."""
-    engine = "cpu" if predicted["cpu"] < MARGIN * predicted["aten"] else "aten"
+    """The cache entry for a timing: "cpu" only where clearly faster than torch's fastest way (a tie runs torch's
+    own kernel)."""
+    torch_best = min((k for k in predicted if k != "cpu"), key=predicted.get)
+    engine = "cpu" if predicted["cpu"] < MARGIN * predicted[torch_best] else torch_best
     return {"engine": engine, "predicted_ms": {k: round(v, 3) for k, v in predicted.items()},
             "timed_ms": {f"{k[0]}@{k[1]}": round(v, 4) for k, v in best.items()}}
 
@@ -402,33 +406,40 @@ def every_layer_chose(engine: str, mode: str, train: bool, steps: int, batch: in
     return all(e is not None and e["engine"] == engine for e in entries)
 
 
-def stack_is_torch(mode: str, train: bool, steps: int, batch: int, inputs: list[int], hidden: int, directions: int,
-                   runners) -> bool:
-    """GRU and RNN: whether torch's own implementation of the whole stack (torch.gru, torch.rnn_tanh: a loop of
-    ATen ops in C++) beats rnnkit's per-layer engine for this call's shape class. It does where a call is so
-    short that rnnkit's Python per call outweighs the work (a decoder calling the layer one step at a time:
-    T=1, B=1, H=16 ran 37 us in torch.nn against 110 in rnnkit). Timed once per class and machine, cached like
-    the LSTM's choice. runners(strategy, n) gives a function that runs the first n steps of the call with
-    strategy "cpu" or "aten" (forward, and backward when training)."""
+def torch_way(mode: str, train: bool, steps: int, batch: int, inputs: list[int], hidden: int, directions: int,
+              runners) -> str | None:
+    """Whether torch's own implementation of the whole stack beats rnnkit's per-layer engine for this call's shape
+    class, and which: "aten" (torch.lstm, torch.gru, torch.rnn_tanh: whole-stack kernels, what torch.nn runs) or
+    "cells" (torch's cell functions a step at a time, one-direction stacks only); None: rnnkit's engine. torch's
+    wins where a call is so short that rnnkit's Python per call outweighs the work (a decoder calling the layer one
+    step at a time: T=1, B=1, H=16 ran 37 us in torch.nn against 110 in rnnkit), and its cells win there with a
+    gradient (a T=1, B=1, H=128 LSTM trained one step at a time: 188 us a step against torch.lstm's 316). Timed
+    once per class and machine, cached like the LSTM's choice. runners(strategy, n) gives a function that runs the
+    first n steps of the call with strategy "cpu", "aten" or "cells" (forward, and backward when training)."""
     if not enabled() or tracing():
-        return False
+        return None
     key = stack_key(mode, train, steps, batch, inputs[0], hidden, len(inputs), directions)
     entry = _table.get(key) if _table is not None else None
     if entry is None:
         if modes_active():
-            return False
+            return None
         with _lock:
             entry = table().get(key)
             if entry is None:
-                entry = time_stacks(runners, steps)
+                entry = time_stacks(runners, steps, STACK_WAYS if directions == 1 else STACK_WAYS[:2])
                 record(key, entry)
-    return entry["engine"] == "aten"
+    if entry["engine"] == "cells" and directions != 1:  # (not timed so: a hand-edited file) torch's stack serves
+        return "aten"
+    return None if entry["engine"] == "cpu" else entry["engine"]
 
 
-def time_stacks(runners, steps: int) -> dict:
-    """Both strategies on the call's first steps (all of a short call), extrapolated like `calibrate`."""
+STACK_WAYS = ("cpu", "aten", "cells")  # whole-stack strategies; "cells" runs one direction only
+
+
+def time_stacks(runners, steps: int, ways=STACK_WAYS[:2]) -> dict:
+    """Each strategy on the call's first steps (all of a short call), extrapolated like `calibrate`."""
     lengths = sorted({min(steps, CAL_STEPS // 4), min(steps, CAL_STEPS)})
-    runs = {(name, n): runners(name, n) for name in ("cpu", "aten") for n in lengths}
+    runs = {(name, n): runners(name, n) for name in ways for n in lengths}
     best = best_ms(runs, budgeted_rounds(warm_up(runs), CAL_ROUNDS_MAX // 2))
     return verdict(extrapolated(best, lengths, steps), best)
 

@@ -33,6 +33,7 @@ from . import checks, options
 from .rnnbase_api import TorchRNNBaseHelpers
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+TORCH_LANES = ("aten", "cells")  # the quick lanes that run torch's own ops (which autograd differentiates itself)
 # Above this many multiply-adds a call's arithmetic takes milliseconds on any CPU, so rnnkit's Python per
 # call (~0.05 ms) cannot decide between its engine and torch's whole stack, and timing the two would cost
 # seconds once per shape class for nothing (and a slice of a large call can call a tie the wrong way)
@@ -309,7 +310,7 @@ class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
             return variant_forward(self, family, input, hx, lengths)
         quick = self.quick_key(input, hx) if lengths is None else None
         if quick is not None and (how := self.__dict__.get("_quick", {}).get(quick)) is not None and (
-                how == "aten" or not quick[-1]):  # with grad mode on, only torch's stack (autograd's own ops)
+                how in TORCH_LANES or not quick[-1]):  # with grad mode on, only torch's ways (autograd's own ops)
             result = self.quick_run(how, input, hx)
             if result is not None:
                 return result
@@ -329,19 +330,23 @@ class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
         run_layer = engines.select(self.engine, rows.data)
         if form.export_lengths is not None:
             run_layer = partial(masked_layer, form.export_lengths.to(rows.data.device))
-        how = "aten" if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights) else "engine"
-        if how == "aten":
+        way = self.torch_way(rows, h0, c0, weights) if run_layer is engines.tune.run_layer else None
+        if way == "aten":
             out, h_n, c_n = engines.aten.run_stack(rows.data.reshape(-1, rows.batch, rows.data.shape[1]), h0, c0,
                                                    weights, self.dropout, self.training, self.bidirectional,
                                                    self.mode)
+        elif way == "cells":
+            out, h_n, c_n = engines.aten.run_cells(rows.data.reshape(-1, rows.batch, rows.data.shape[1]), h0, c0,
+                                                   weights, self.dropout, self.training, self.mode)
         else:
             out, h_n, c_n = run_stack(run_layer, self.mode, rows.data, rows.batch_sizes, h0, c0, weights,
                                       self.dropout, self.training)
         if quick is not None:  # the next such call skips the bookkeeping above (quick_run), with the choice made
             # again: this call may have read or added timings (engines.tune.generation, part of the key)
-            if run_layer is engines.tune.run_layer and self.aten_wins(rows, h0, c0, weights):
-                how = "aten"
-            elif quick[-1]:  # grad mode replays "aten" only: nothing else worth choosing (or remembering)
+            way = self.torch_way(rows, h0, c0, weights) if run_layer is engines.tune.run_layer else None
+            if way is not None:
+                how = way
+            elif quick[-1]:  # grad mode replays torch's ways only: nothing else worth choosing (or remembering)
                 how = None
             else:
                 cpu = self.cpu_every_layer(run_layer, rows)
@@ -357,11 +362,11 @@ class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
     def quick_key(self, input, hx) -> tuple | None:
         """For an eager call on CPU float32 in the plainest form (padded time-major 3-D input, states None or of
         exact shape, nothing random): the key under which forward remembers what it chose for such a call
-        ("aten", "small", "cpu" or "engine"), so that the next one skips validation and choosing (quick_run): a
-        decoder calling the layer once per step pays this bookkeeping on every step, tens of microseconds against
-        torch.nn's few. The key holds everything the choice depends on, grad mode last: with grad mode on only
-        "aten" is replayed (torch's stack, which autograd differentiates itself); the other lanes are inference
-        entries. None: the general path."""
+        ("aten", "cells", "small", "cpu" or "engine"), so that the next one skips validation and choosing
+        (quick_run): a decoder calling the layer once per step pays this bookkeeping on every step, tens of
+        microseconds against torch.nn's few. The key holds everything the choice depends on, grad mode last: with
+        grad mode on only torch's ways ("aten", "cells") are replayed (torch's ops, which autograd differentiates
+        itself); the other lanes are inference entries. None: the general path."""
         if (type(input) is not Tensor or input.dim() != 3 or self.batch_first or input.dtype != torch.float32
                 or not input.is_cpu or self.engine not in ("auto", "cpu")
                 or (self.training and (self.dropout > 0 or self.weight_drop > 0))):
@@ -421,8 +426,9 @@ class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
         return self.run_lane(how, input, hx)
 
     def run_lane(self, how: str, input: Tensor, hx):
-        """A padded float32 call (T, B, I) on lane `how` ("aten", "small", "cpu" or "engine"), unchecked: what
-        quick_run replays, and what the whole-stack timing times. Only "aten" may run with grad mode on."""
+        """A padded float32 call (T, B, I) on lane `how` ("aten", "cells", "small", "cpu" or "engine"), unchecked: what
+        quick_run replays, and what the whole-stack timing times. Only torch's ("aten", "cells") may run with grad
+        mode on."""
         steps, batch, size = input.shape
         if hx is None:
             shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
@@ -432,6 +438,10 @@ class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
             h0, c0 = hx if self.mode == "LSTM" else (hx, None)
         if how == "small":  # one direction, each layer one compiled call (cpu.small_call): a decoder's layer
             return self.small_lane(input, h0, c0)
+        if how == "cells":  # torch's cell functions a step at a time, one direction: (T, B, H)
+            out, h_n, c_n = engines.aten.run_cells(input, h0, c0, self.layer_weights(), self.dropout, self.training,
+                                                   self.mode)
+            return out, h_n if c_n is None else (h_n, c_n)
         if how == "aten":  # torch's stack on torch.nn's flat weight list (a projection never takes it): (T, B, D*H)
             params = self._parameters  # a parametrized weight is not in it: getattr finds it
             flat = [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
@@ -470,33 +480,35 @@ class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
             return x, h_n
         return x, (h_n, cs[0] if single else torch.stack(cs))
 
-    def aten_wins(self, rows: Rows, h0: Tensor, c0: Tensor | None, weights) -> bool:
-        """engine="auto" on CPU found torch's own implementation faster than the CPU engine for this call's shape
-        class (engines.tune), timed before on this machine: oneDNN's fused LSTM won every layer's timing, or
-        torch.lstm / torch.gru / torch.rnn_* won a timing of the whole stack against rnnkit's (short calls, where
-        rnnkit's Python per call outweighs the work). Padded float32 only, no projection."""
+    def torch_way(self, rows: Rows, h0: Tensor, c0: Tensor | None, weights) -> str | None:
+        """Where engine="auto" on CPU found torch's own implementation faster than the CPU engine for this call's
+        shape class (engines.tune), timed on this machine, which way: "aten" (oneDNN's fused LSTM won every
+        layer's timing, or torch.lstm / torch.gru / torch.rnn_* won a timing of the whole stack against rnnkit's:
+        short calls, where rnnkit's Python per call outweighs the work) or "cells" (torch's cell functions a step
+        at a time won that timing: short one-direction calls with a gradient). None: rnnkit's engine. Padded
+        float32 only, no projection."""
         data = rows.data
         if (self.proj_size or rows.batch_sizes is not None or data.dtype != torch.float32 or data.shape[0] == 0
                 or engines.ops.plain_ops_only()):  # torch's stack has no vmap or forward-AD rule on oneDNN
-            return False
+            return None
         tensors = [data, h0, c0, *(w for layer in weights for ws in layer for w in ws if w is not None)]
         train = engines.tune.needs_grad(*tensors)
         inputs = self.layer_inputs()
         steps = data.shape[0] // rows.batch
         if self.mode == "LSTM" and engines.tune.whole_stack_is_aten("LSTM", train, steps, rows.batch, inputs,
                                                                       self.hidden_size):
-            return True
+            return "aten"
         gates = GATES[self.mode] * self.hidden_size
         macs = data.shape[0] * gates * sum(i + self.hidden_size for i in inputs) * self.num_directions
         if macs > STACK_TIMING_MAX_MACS:  # Python per call cannot matter: the per-layer choice stands, untimed
-            return False
-        return engines.tune.stack_is_torch(self.mode, train, steps, rows.batch, inputs, self.hidden_size,
-                                           self.num_directions, partial(self.stack_runner, rows, h0, c0, weights, train))
+            return None
+        return engines.tune.torch_way(self.mode, train, steps, rows.batch, inputs, self.hidden_size,
+                                      self.num_directions, partial(self.stack_runner, rows, h0, c0, weights, train))
 
     def stack_runner(self, rows: Rows, h0: Tensor, c0: Tensor | None, weights, train: bool, strategy: str, steps: int):
         """A function that runs the first `steps` steps of this call's stack on `strategy` ("cpu": rnnkit's CPU
-        engine; "aten": torch's own), without dropout (timing must not draw random numbers), and its backward
-        when training: what engines.tune times."""
+        engine; "aten" or "cells": torch's own, engines.tune.torch_way), without dropout (timing must not draw
+        random numbers), and its backward when training: what engines.tune times."""
         x = rows.data[:steps * rows.batch].detach().reshape(steps, rows.batch, -1)
         weights = [[tuple(None if w is None else w.detach().requires_grad_(train) for w in ws) for ws in layer]
                    for layer in weights]
@@ -505,11 +517,13 @@ class RecurrentLayer(TorchRNNBaseHelpers, nn.Module):
         def run():
             if not train:  # inference as the quick lane runs it (the parameters as they are: nothing is recorded)
                 with torch.no_grad():
-                    how = "aten" if strategy == "aten" else self.cpu_lane(steps, rows.batch)
+                    how = strategy if strategy in TORCH_LANES else self.cpu_lane(steps, rows.batch)
                     return self.run_lane(how, x, h if c is None else (h, c))
             with torch.enable_grad():
                 if strategy == "aten":  # a repeated grad-mode call replays this from the quick lane
                     out = engines.aten.run_stack(x, h, c, weights, 0.0, False, self.bidirectional, self.mode)[0]
+                elif strategy == "cells":  # (likewise)
+                    out = engines.aten.run_cells(x, h, c, weights, 0.0, False, self.mode)[0]
                 else:  # rnnkit's engine runs from the general path, whose own steps are part of its cost
                     # (a decoder trained one step at a time pays them on every step: about 60 us)
                     rows_, form = self.to_rows(x.transpose(0, 1) if self.batch_first else x, None)  # its form
