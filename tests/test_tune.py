@@ -549,3 +549,27 @@ def test_the_stack_timing_offers_cells_to_one_direction_only(own_cache, monkeypa
     assert offered == [("cpu", "aten", "cells"), ("cpu", "aten")]
     table = tune.table()
     assert all(e["engine"] in tune.STACK_WAYS for k, e in table.items() if k.startswith("stack|")), table
+
+
+@pytest.mark.parametrize("full_budget_s, timed_whole", [(0.03, True), (0.0, False)], ids=["cheap", "costly"])
+def test_a_short_stack_is_timed_whole_for_the_close_strategies(monkeypatch, full_budget_s, timed_whole):
+    """The whole-stack timing extrapolates from the first steps, then times whole the strategies within twice the
+    fastest prediction where that is cheap (the line had picked the slower strategy for a T=100 LSTM)."""
+    import time as time_
+
+    monkeypatch.setattr(tune, "CAL_FULL_S", full_budget_s)
+    costs_ms = {"cpu": (0.05, 0.002), "aten": (0.05, 0.003), "cells": (0.5, 0.1)}  # per call, per step
+    seen = []
+
+    def runners(name, n):
+        def run():
+            seen.append((name, n))
+            end = time_.perf_counter() + (costs_ms[name][0] + costs_ms[name][1] * n) / 1e3
+            while time_.perf_counter() < end:
+                pass
+        return run
+
+    entry = tune.time_stacks(runners, 100, tune.STACK_WAYS)
+    assert entry["engine"] == "cpu"
+    whole = {name for name, n in seen if n == 100}
+    assert whole == ({"cpu", "aten"} if timed_whole else set()), whole
