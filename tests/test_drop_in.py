@@ -210,3 +210,21 @@ def test_weight_norm_parametrization_equals_torch(name):
         with torch.no_grad():
             for m in (ours, theirs):
                 m.parametrizations.weight_hh_l0.original1.add_(0.1)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("steps", [1, 3], ids=["T1", "T3"])
+@pytest.mark.parametrize("layers", [1, 2], ids=["L1", "L2"])
+@pytest.mark.parametrize("family", ["RNN", "LSTM", "GRU"])
+def test_final_states_detach_in_place_as_torch_nn_s_do(family, layers, steps, grad):
+    """Truncated-BPTT code written for torch.nn detaches the returned states in place (h.detach_()): every call of a
+    loop (the first through the general path, the rest through the quick lane, on whatever auto chose: torch's
+    cells among them) must return states that allow it, not views."""
+    layer = getattr(rnnkit, family)(4, 3, num_layers=layers)
+    x = torch.randn(steps, 2, 4, requires_grad=grad)
+    hidden = None
+    with torch.set_grad_enabled(grad):
+        for _ in range(4):
+            out, hidden = layer(x, hidden)
+            for state in hidden if isinstance(hidden, tuple) else (hidden,):
+                state.detach_()
