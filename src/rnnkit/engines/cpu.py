@@ -110,13 +110,14 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
         return torch.nn.functional.linear(x.to(w.dtype), w, b).float()
     n, k = x.shape
     macs = n * k * w.shape[0]
-    op = _onednn_linear() if x.dtype == torch.float32 and macs >= tune().PRODUCT_MIN_MACS else None
+    timing = tune()
+    op = _onednn_linear() if x.dtype == torch.float32 and macs >= timing.PRODUCT_MIN_MACS else None
     if op is None:
         return plain_linear(x, w, b)
     # oneDNN reads contiguous operands only: a transposed view is copied first, which the timing includes
     layout = "c" if x.is_contiguous() and w.is_contiguous() else "t"
-    return tune().faster_product(
-        tune().product_key(f"linear{layout}", n, k, w.shape[0], b is not None),
+    return timing.faster_product(
+        timing.product_key(f"linear{layout}", n, k, w.shape[0], b is not None),
         {"mm": lambda: plain_linear(x, w, b), "onednn": lambda: op(x.contiguous(), w.contiguous(), b, "none", [], "")},
         "onednn" if macs >= ONEDNN_MIN_MACS else "mm")
 
@@ -143,9 +144,10 @@ def sum_over_steps(a: Tensor, b: Tensor) -> Tensor:
     runs fastest for it. (M, K)"""
     n, m = a.shape
     macs = n * m * b.shape[1]
-    if a.dtype != torch.float32 or macs < tune().PRODUCT_MIN_MACS or _onednn_linear() is None:
+    timing = tune()
+    if a.dtype != torch.float32 or macs < timing.PRODUCT_MIN_MACS or _onednn_linear() is None:
         return a.t() @ b if n > 0 else a.new_zeros(m, b.shape[1])
-    return tune().faster_product(tune().product_key("sum", n, m, b.shape[1]),
+    return timing.faster_product(timing.product_key("sum", n, m, b.shape[1]),
                                  {"mm": lambda: a.t() @ b, "onednn": lambda: sum_in_chunks(a, b)},
                                  "onednn" if macs >= ONEDNN_MIN_MACS else "mm")
 
